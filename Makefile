@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint jars install clean-data help
+
+help:
+	@echo "make run    set up (venv, package, Delta jars) and run the whole workflow on generated data"
+	@echo "make test   set up the same way and run the test suite"
+	@echo "make lint   ruff + mypy"
+
+# The virtual environment with the package (editable) and the dev tools. PyPI ships pyspark
+# only as a source archive, so the first install builds it (about two minutes, then cached).
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "retailml needs Python >= 3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Delta Lake's jars, resolved once into the local Ivy cache so later runs and tests need no
+# network (falls back to `mvn dependency:get` where only Maven can reach the repository).
+jars: install
+	$(BIN)/retailml fetch-jars
+
+run: jars
+	$(BIN)/retailml run
+
+test: jars
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+clean-data:
+	rm -rf data lakehouse mlflow reports logs spark-warehouse

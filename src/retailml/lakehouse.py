@@ -1,0 +1,181 @@
+"""Table names → Delta locations, and the only place that reads and writes tables.
+
+A logical name such as ``silver.transactions`` is a folder ``<lake_root>/silver/transactions``
+by default. With a catalog configured it is a catalog table: ``catalog.schema.silver_transactions``
+when a schema is set, else ``catalog.silver.transactions`` (one schema per layer, the usual
+medallion layout in Unity Catalog).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+
+from retailml import schemas as S
+from retailml.errors import TableNotFoundError
+from retailml.settings import Settings
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table's contract: its schema, which task writes it and what it holds."""
+
+    name: str
+    schema: StructType
+    producer: str
+    description: str
+    partition_by: tuple[str, ...] = field(default=())
+
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        TableSpec("bronze.transactions", S.BRONZE_TRANSACTIONS, "ingest",
+                  "every valid source row in the canonical schema, with lineage"),
+        TableSpec("bronze.quarantine", S.BRONZE_QUARANTINE, "ingest",
+                  "source rows that could not be parsed or failed validation, with the reason"),
+        TableSpec("silver.transactions", S.SILVER_TRANSACTIONS, "clean",
+                  "typed, de-duplicated transactions; returns and guests flagged"),
+        TableSpec("silver.products", S.SILVER_PRODUCTS, "clean",
+                  "one row per product: best name, category, price statistics"),
+        TableSpec("silver.customers", S.SILVER_CUSTOMERS, "clean",
+                  "one row per known customer: first/last purchase, country, counts"),
+    )
+}
+
+
+class Lakehouse:
+    """Reads and writes the project's Delta tables by logical name.
+
+    Args:
+        settings: Where the lake is (``lake_root``, or ``catalog`` and ``schema``).
+        spark: The session to read and write with.
+    """
+
+    def __init__(self, settings: Settings, spark: SparkSession) -> None:
+        self.settings = settings
+        self.spark = spark
+        self._root = settings.path(settings.lake_root).rstrip("/")
+
+    def spec(self, name: str) -> TableSpec:
+        """The table's spec; a name that is not a table is a bug, so it raises KeyError."""
+        try:
+            return TABLES[name]
+        except KeyError:
+            raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}") from None
+
+    def location(self, name: str) -> str:
+        """Where the table lives: a path, or a catalog table name."""
+        layer, table = self.spec(name).name.split(".")
+        catalog, schema = self.settings.catalog, self.settings.db_schema
+        if catalog:
+            return f"{catalog}.{schema}.{layer}_{table}" if schema else f"{catalog}.{layer}.{table}"
+        return f"{self._root}/{layer}/{table}"
+
+    @property
+    def _by_name(self) -> bool:
+        return bool(self.settings.catalog)
+
+    def exists(self, name: str) -> bool:
+        """Whether the table has been written."""
+        location = self.location(name)
+        if self._by_name:
+            return bool(self.spark.catalog.tableExists(location))
+        return bool(DeltaTable.isDeltaTable(self.spark, location))
+
+    def read(self, name: str) -> DataFrame:
+        """The table's current version.
+
+        Raises:
+            TableNotFoundError: The task that writes it has not run yet.
+        """
+        if not self.exists(name):
+            producer = self.spec(name).producer
+            raise TableNotFoundError(
+                f"table {name} does not exist yet ({self.location(name)}); "
+                f"run `retailml task {producer}` first"
+            )
+        if self._by_name:
+            return self.spark.table(self.location(name))
+        return self.spark.read.format("delta").load(self.location(name))
+
+    def version(self, name: str) -> int | None:
+        """The table's latest Delta version, or None if it does not exist."""
+        if not self.exists(name):
+            return None
+        row = self._delta(name).history(1).select("version").first()
+        return int(row["version"]) if row else None
+
+    def overwrite(self, name: str, df: DataFrame) -> None:
+        """Replace the whole table with ``df`` in one atomic commit."""
+        self._write(name, df, mode="overwrite")
+
+    def replace_where(self, name: str, df: DataFrame, condition: str) -> None:
+        """Replace exactly the rows matching ``condition`` with ``df`` (one atomic commit).
+
+        Every row of ``df`` must match the condition; Delta rejects the write otherwise. This is
+        the idempotent write for a slice of a table (one source file, one as-of date).
+        """
+        if not self.exists(name):
+            self._write(name, df, mode="overwrite")
+            return
+        self._write(name, df, mode="overwrite", options={"replaceWhere": condition})
+
+    def append(self, name: str, df: DataFrame) -> None:
+        """Add rows. Use only where re-running cannot duplicate (for example a run log)."""
+        self._write(name, df, mode="append")
+
+    def merge(self, name: str, df: DataFrame, keys: Sequence[str]) -> None:
+        """Upsert ``df`` on ``keys``: matching rows are updated, new ones inserted."""
+        if not self.exists(name):
+            self._write(name, df, mode="overwrite")
+            return
+        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+        (
+            self._delta(name).alias("t")
+            .merge(self.conform(name, df).alias("s"), condition)
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+
+    def conform(self, name: str, df: DataFrame) -> DataFrame:
+        """``df`` with exactly the table's columns, in order and with its types.
+
+        Raises:
+            ValueError: ``df`` lacks a column of the table or has one the table does not — a
+                bug in the task that wrote it, never a user error.
+        """
+        schema = self.spec(name).schema
+        expected, actual = set(schema.fieldNames()), set(df.columns)
+        if expected != actual:
+            raise ValueError(
+                f"{name}: columns differ from the schema; missing {sorted(expected - actual)}, "
+                f"unexpected {sorted(actual - expected)}"
+            )
+        return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+
+    def _delta(self, name: str) -> DeltaTable:
+        if self._by_name:
+            return DeltaTable.forName(self.spark, self.location(name))
+        return DeltaTable.forPath(self.spark, self.location(name))
+
+    def _write(
+        self, name: str, df: DataFrame, *, mode: str, options: dict[str, str] | None = None
+    ) -> None:
+        spec = self.spec(name)
+        writer = self.conform(name, df).write.format("delta").mode(mode).options(**(options or {}))
+        if spec.partition_by:
+            writer = writer.partitionBy(*spec.partition_by)
+        location = self.location(name)
+        if self._by_name:
+            schema = location.rsplit(".", 1)[0]
+            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            writer.saveAsTable(location)
+        else:
+            writer.save(location)

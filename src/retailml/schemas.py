@@ -1,0 +1,135 @@
+"""Column names and StructTypes of every table. A column's name is written once, here."""
+
+from __future__ import annotations
+
+from pyspark.sql.types import (
+    BooleanType,
+    DateType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+# The canonical transaction columns every source layout is mapped onto.
+INVOICE_ID = "invoice_id"
+CUSTOMER_ID = "customer_id"
+PRODUCT_ID = "product_id"
+PRODUCT_NAME = "product_name"
+CATEGORY = "category"
+QUANTITY = "quantity"
+UNIT_PRICE = "unit_price"
+EVENT_TIME = "event_time"
+EVENT_TYPE = "event_type"
+COUNTRY = "country"
+
+# Lineage: where a row came from and which ingest run brought it.
+SOURCE_FILE = "source_file"
+SOURCE_LAYOUT = "source_layout"
+INGESTED_AT = "ingested_at"
+BATCH_ID = "batch_id"
+
+# Quarantine.
+RAW = "raw"
+REASON = "reason"
+
+# Silver.
+TRANSACTION_ID = "transaction_id"
+AMOUNT = "amount"
+EVENT_DATE = "event_date"
+IS_RETURN = "is_return"
+IS_GUEST = "is_guest"
+
+# Event types in silver.transactions. Retail sources have purchases and returns; e-commerce
+# event logs add views and cart events, which features may use.
+PURCHASE = "purchase"
+RETURN = "return"
+VIEW = "view"
+CART = "cart"
+REMOVE_FROM_CART = "remove_from_cart"
+
+CANONICAL_COLUMNS = (
+    INVOICE_ID, CUSTOMER_ID, PRODUCT_ID, PRODUCT_NAME, CATEGORY,
+    QUANTITY, UNIT_PRICE, EVENT_TIME, EVENT_TYPE, COUNTRY,
+)
+REQUIRED_COLUMNS = (INVOICE_ID, PRODUCT_ID, QUANTITY, UNIT_PRICE, EVENT_TIME)
+
+
+def _fields(*fields: tuple[str, object, bool]) -> StructType:
+    return StructType([StructField(name, dtype, nullable) for name, dtype, nullable in fields])  # type: ignore[arg-type]
+
+
+LINEAGE = (
+    (SOURCE_FILE, StringType(), False),
+    (SOURCE_LAYOUT, StringType(), False),
+    (INGESTED_AT, TimestampType(), False),
+    (BATCH_ID, StringType(), False),
+)
+
+BRONZE_TRANSACTIONS = _fields(
+    (INVOICE_ID, StringType(), True),
+    (CUSTOMER_ID, StringType(), True),
+    (PRODUCT_ID, StringType(), False),
+    (PRODUCT_NAME, StringType(), True),
+    (CATEGORY, StringType(), True),
+    (QUANTITY, IntegerType(), False),
+    (UNIT_PRICE, DoubleType(), False),
+    (EVENT_TIME, TimestampType(), False),
+    (EVENT_TYPE, StringType(), False),
+    (COUNTRY, StringType(), True),
+    *LINEAGE,
+)
+
+BRONZE_QUARANTINE = _fields(
+    (RAW, StringType(), True),
+    (REASON, StringType(), False),
+    *LINEAGE,
+)
+
+SILVER_TRANSACTIONS = _fields(
+    (TRANSACTION_ID, StringType(), False),
+    (INVOICE_ID, StringType(), True),
+    (CUSTOMER_ID, StringType(), True),
+    (PRODUCT_ID, StringType(), False),
+    (PRODUCT_NAME, StringType(), True),
+    (CATEGORY, StringType(), True),
+    (QUANTITY, IntegerType(), False),
+    (UNIT_PRICE, DoubleType(), False),
+    (AMOUNT, DoubleType(), False),
+    (EVENT_TIME, TimestampType(), False),
+    (EVENT_DATE, DateType(), False),
+    (EVENT_TYPE, StringType(), False),
+    (IS_RETURN, BooleanType(), False),
+    (IS_GUEST, BooleanType(), False),
+    (COUNTRY, StringType(), True),
+    (SOURCE_FILE, StringType(), False),
+)
+
+SILVER_PRODUCTS = _fields(
+    (PRODUCT_ID, StringType(), False),
+    (PRODUCT_NAME, StringType(), True),
+    (CATEGORY, StringType(), True),
+    ("min_price", DoubleType(), True),
+    ("avg_price", DoubleType(), True),
+    ("max_price", DoubleType(), True),
+    ("purchase_lines", LongType(), False),
+    ("units_sold", LongType(), False),
+    ("customers", LongType(), False),
+    ("first_sold", DateType(), True),
+    ("last_sold", DateType(), True),
+)
+
+SILVER_CUSTOMERS = _fields(
+    (CUSTOMER_ID, StringType(), False),
+    (COUNTRY, StringType(), True),
+    ("first_purchase", TimestampType(), True),
+    ("last_purchase", TimestampType(), True),
+    ("invoices", LongType(), False),
+    ("purchase_lines", LongType(), False),
+    ("return_lines", LongType(), False),
+    ("distinct_products", LongType(), False),
+    ("total_spent", DoubleType(), False),
+)

@@ -1,0 +1,267 @@
+"""The one settings object, read from defaults, ``retailml.toml``, ``RETAILML_*`` and the CLI.
+
+Precedence, lowest to highest: built-in defaults, the TOML file, environment variables, CLI
+options. This is the only module that reads the environment; every task receives the resulting
+:class:`Settings`.
+
+Environment variables map onto settings by name: ``RETAILML_SEED=7`` sets ``seed``,
+``RETAILML_SPARK_MASTER=spark://host:7077`` sets ``spark.master`` (a section name followed by
+a field name). Values that look like JSON objects or lists (``{"a": "b"}``) are parsed as JSON,
+so dict settings such as ``spark.conf`` can come from the environment too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from retailml.errors import SettingsError
+
+ENV_PREFIX = "RETAILML_"
+CONFIG_FILE_NAME = "retailml.toml"
+# The Delta Lake artifact that matches Spark 4.2. The Python package is delta-spark 4.4.1, but
+# 4.4.1 of the Spark jar was never published, and 4.4.0 is the newest jar built for Spark 4.2;
+# the Python API is a thin wrapper and works unchanged with it.
+DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+class SparkSettings(_Section):
+    """How to build the SparkSession."""
+
+    master: str = Field(
+        "local[*]",
+        description="local[N], spark://host:port, yarn, sc://host (Spark Connect), "
+        "or 'existing' to use the session the platform provides (Databricks).",
+    )
+    app_name: str = "retailml"
+    shuffle_partitions: int | None = Field(
+        None, ge=1, description="Default: 2 × cores in local mode, Spark's default elsewhere."
+    )
+    driver_memory: str | None = Field("4g", pattern=r"^\d+[kmgtKMGT]?$")
+    ui: bool = True
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "ERROR"
+    delta_package: str = Field(
+        DELTA_PACKAGE,
+        description="Maven coordinate of Delta Lake; empty when Delta is already on the "
+        "classpath (Databricks).",
+    )
+    ivy_dir: Path | None = Field(None, description="Ivy cache (spark.jars.ivy); Spark's default.")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark configuration.")
+
+    @field_validator("master")
+    @classmethod
+    def _known_master(cls, value: str) -> str:
+        prefixes = ("local", "spark://", "yarn", "k8s://", "sc://", "mesos://")
+        if value != "existing" and not value.startswith(prefixes):
+            raise ValueError(f"not a Spark master URL: {value!r}")
+        return value
+
+
+class MlflowSettings(_Section):
+    """Where MLflow keeps runs and models."""
+
+    tracking_uri: str | None = Field(
+        None, description="Default: sqlite database under <project>/mlflow; MLFLOW_TRACKING_URI."
+    )
+    registry_uri: str | None = None
+    artifact_root: str | None = Field(
+        None, description="Where new experiments store artifacts; default <project>/mlflow/artifacts."
+    )
+
+
+class GenerateSettings(_Section):
+    """The built-in synthetic retail world."""
+
+    customers: int = Field(2000, ge=1)
+    products: int = Field(400, ge=2)
+    days: int = Field(730, ge=1)
+    start_date: date = date(2010, 1, 1)
+    malformed_fraction: float = Field(0.002, ge=0, lt=1)
+    guest_fraction: float = Field(0.05, ge=0, lt=1)
+    return_fraction: float = Field(0.02, ge=0, lt=1)
+
+
+class IngestSettings(_Section):
+    """How source files are read."""
+
+    source: str | None = Field(
+        None, description="A file or folder of CSV / Parquet; default: the generated data."
+    )
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    column_mapping: dict[str, str] = Field(
+        default_factory=dict,
+        description="Canonical column → source column, for layouts not recognised "
+        "automatically, e.g. {event_time = 'order_ts', product_id = 'sku'}.",
+    )
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    timestamp_formats: list[str] = Field(
+        default_factory=lambda: [
+            "yyyy-MM-dd HH:mm:ss",
+            "yyyy-MM-dd HH:mm",
+            "M/d/yyyy H:mm",
+            "M/d/yy H:mm",
+            "yyyy-MM-dd HH:mm:ss 'UTC'",
+            "yyyy-MM-dd'T'HH:mm:ss",
+        ],
+        min_length=1,
+    )
+
+
+class Settings(_Section):
+    """Everything a task needs to know; see the module docstring for where values come from."""
+
+    project_dir: Path = Field(default_factory=Path.cwd)
+    lake_root: str = Field("lakehouse", description="Folder or URI of the Delta tables.")
+    catalog: str | None = Field(None, description="Write catalog.schema.table instead of paths.")
+    db_schema: str | None = Field(None, alias="schema", description="Schema within the catalog.")
+    data_dir: str = Field("data", description="Where `retailml generate` writes by default.")
+    log_dir: str = Field("logs", description="Spark driver logs.")
+    seed: int = 42
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    generate: GenerateSettings = Field(default_factory=GenerateSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("catalog", "db_schema")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("_", "").isalnum():
+            raise ValueError(f"not a plain identifier: {value!r}")
+        return value
+
+    def path(self, value: str | Path) -> str:
+        """Resolve a setting's path against the project folder; URIs are returned unchanged."""
+        text = str(value)
+        if "://" in text or text.startswith("dbfs:"):
+            return text
+        p = Path(text).expanduser()
+        return str(p if p.is_absolute() else (self.project_dir / p).resolve())
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI, defaulting to a sqlite store in the project folder."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{self.path('mlflow')}/mlflow.db"
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """A copy with dotted-name overrides applied (``{"spark.master": "local[2]"}``)."""
+        data = self.model_dump(by_alias=True)
+        for dotted, value in overrides.items():
+            _set_dotted(data, dotted, value, source="override")
+        return _validate(data)
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    project_dir: Path | None = None,
+) -> Settings:
+    """Build the settings from defaults, the TOML file, the environment and CLI overrides.
+
+    Args:
+        config_file: A TOML file; default ``$RETAILML_CONFIG`` or ``./retailml.toml`` if present.
+        environ: The environment to read (``os.environ`` when None).
+        overrides: Dotted setting names → values, from the command line.
+        project_dir: Base folder for relative paths (the current folder when None).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        SettingsError: A file that cannot be read, an unknown setting, or an invalid value.
+    """
+    env = os.environ if environ is None else environ
+    base = (project_dir or Path.cwd()).resolve()
+    data: dict[str, Any] = {"project_dir": str(base)}
+
+    if config_file is None and env.get(f"{ENV_PREFIX}CONFIG"):
+        config_file = Path(env[f"{ENV_PREFIX}CONFIG"])
+    if config_file is None and (base / CONFIG_FILE_NAME).is_file():
+        config_file = base / CONFIG_FILE_NAME
+    if config_file is not None:
+        try:
+            data |= tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SettingsError(f"{config_file}: settings file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{config_file}: not valid TOML: {exc}") from None
+
+    if env.get("MLFLOW_TRACKING_URI"):
+        _set_dotted(data, "mlflow.tracking_uri", env["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
+    if env.get("DATABRICKS_RUNTIME_VERSION"):
+        # On a Databricks cluster the platform owns the session, Delta and MLflow.
+        _set_dotted(data, "spark.master", "existing", "DATABRICKS_RUNTIME_VERSION")
+        _set_dotted(data, "spark.delta_package", "", "DATABRICKS_RUNTIME_VERSION")
+        _set_dotted(data, "mlflow.tracking_uri", "databricks", "DATABRICKS_RUNTIME_VERSION")
+    for name, raw in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and name != f"{ENV_PREFIX}CONFIG":
+            _set_dotted(data, _env_key(name), _env_value(raw), name)
+
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value, "command line")
+    return _validate(data)
+
+
+def _validate(data: dict[str, Any]) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        if err["type"] == "extra_forbidden":
+            raise SettingsError(f"unknown setting '{where}'") from None
+        value = err.get("input")
+        shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting '{where}': {msg}{shown}") from None
+
+
+_SECTIONS = {
+    name for name, field in Settings.model_fields.items()
+    if isinstance(field.default_factory, type) and issubclass(field.default_factory, BaseModel)
+}
+
+
+def _env_key(name: str) -> str:
+    key = name.removeprefix(ENV_PREFIX).lower()
+    for section in _SECTIONS:
+        if key.startswith(section + "_"):
+            return f"{section}.{key.removeprefix(section + '_')}"
+    return key
+
+
+def _env_value(raw: str) -> Any:
+    if raw[:1] in "{[":
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SettingsError(f"invalid setting '{dotted}' from {source}: '{part}' is not a section")
+        node = child
+    node[leaf] = value
