@@ -64,7 +64,8 @@ def spark_conf(settings: Settings) -> SparkConf:
     """The Spark configuration for a new session: Delta, local defaults, then the user's conf."""
     s = settings.spark
     local = s.master.startswith("local")
-    conf = SparkConf().setMaster(s.master).setAppName(s.app_name)
+    # loadDefaults=False: never inherit the system properties of a JVM already running here.
+    conf = SparkConf(loadDefaults=False).setMaster(s.master).setAppName(s.app_name)
     if s.delta_package:
         conf.set("spark.jars.packages", s.delta_package)
     if s.ivy_dir is not None:
