@@ -1,0 +1,177 @@
+"""The ``retailml`` command line: parses options, calls the library, prints one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from retailml.errors import RetailmlError
+from retailml.settings import Settings, load_settings
+
+
+@dataclasses.dataclass
+class _State:
+    config: Path | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    debug: bool = False
+
+    def settings(self, **extra: Any) -> Settings:
+        return load_settings(config_file=self.config, overrides={**self.overrides, **extra})
+
+
+pass_state = click.make_pass_decorator(_State)
+
+
+def _parse_set(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict:
+    parsed: dict[str, Any] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        try:
+            parsed[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key.strip()] = value
+    return parsed
+
+
+class _Cli(click.Group):
+    """A group that turns errors into one line: a user's mistake never shows a Java stack trace."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except RetailmlError as exc:
+            if isinstance(ctx.obj, _State) and ctx.obj.debug:
+                raise
+            raise click.ClickException(str(exc)) from exc
+        except Exception as exc:
+            if isinstance(ctx.obj, _State) and ctx.obj.debug:
+                raise
+            raise click.ClickException(
+                f"{exc.__class__.__name__}: {_one_line(exc)} (run with --debug for the traceback)"
+            ) from exc
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Settings file (default: ./retailml.toml if present).")
+@click.option("--set", "overrides", multiple=True, callback=_parse_set, metavar="KEY=VALUE",
+              help="Override a setting, e.g. --set spark.master=local[2] (repeatable).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="retailml")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, overrides: dict, debug: bool) -> None:
+    """retailml: retail machine learning on Spark, Delta Lake and MLflow.
+
+    Settings come from defaults, retailml.toml, RETAILML_* environment variables and --set,
+    in that order.
+    """
+    ctx.obj = _State(config=config, overrides=overrides, debug=debug)
+
+
+@cli.command()
+@click.option("--customers", type=int, help="Number of customers.")
+@click.option("--products", type=int, help="Number of products.")
+@click.option("--days", type=int, help="Days of history.")
+@click.option("--seed", type=int, help="Random seed (same seed, same bytes).")
+@click.option("--malformed-fraction", type=float, help="Share of deliberately broken lines.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default: the data_dir setting).")
+@pass_state
+def generate(state: _State, out: Path | None, seed: int | None, **sizes: Any) -> None:
+    """Generate a synthetic retail data set (CSV, UCI Online Retail II layout)."""
+    from retailml.workflow import generate_data
+
+    overrides = {f"generate.{k}": v for k, v in sizes.items() if v is not None}
+    settings = state.settings(**overrides, seed=seed)
+    started = time.monotonic()
+    summary = generate_data(settings, out=out, force=True)
+    click.echo(
+        f"wrote {summary.lines:,} lines ({summary.malformed_lines:,} malformed, "
+        f"{summary.invoices:,} invoices) in {len(summary.files)} files to "
+        f"{summary.files[0].parent} in {time.monotonic() - started:.1f} s; "
+        f"ground truth in {summary.ground_truth_dir}"
+    )
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["ingest", "clean"]))
+@click.option("--source", help="ingest: a file or folder of CSV / Parquet (default: generated data).")
+@pass_state
+def task(state: _State, name: str, source: str | None) -> None:
+    """Run one workflow task (what a Databricks job task calls)."""
+    from retailml.workflow import run_task, session
+
+    settings = state.settings(**({"ingest.source": source} if source else {}))
+    with session(settings) as spark:
+        run_task(name, settings, spark, echo=click.echo)
+
+
+@cli.command()
+@click.option("--source", help="A file or folder of CSV / Parquet (default: generate data).")
+@pass_state
+def run(state: _State, source: str | None) -> None:
+    """Run the whole workflow: generate (if no source) → ingest → clean."""
+    from retailml.workflow import run_all, session
+
+    settings = state.settings(**({"ingest.source": source} if source else {}))
+    with session(settings) as spark:
+        run_all(settings, spark, echo=click.echo)
+
+
+@cli.command()
+@pass_state
+def tables(state: _State) -> None:
+    """List the tables: location, Delta version and row count."""
+    from retailml.lakehouse import TABLES, Lakehouse
+    from retailml.workflow import session
+
+    settings = state.settings()
+    with session(settings) as spark:
+        lake = Lakehouse(settings, spark)
+        rows = [("table", "version", "rows", "location")]
+        for name in TABLES:
+            if lake.exists(name):
+                rows.append((name, str(lake.version(name)), f"{lake.read(name).count():,}",
+                             lake.location(name)))
+            else:
+                rows.append((name, "-", "-", "not written yet"))
+        _echo_table(rows)
+
+
+@cli.command("fetch-jars")
+@pass_state
+def fetch_jars(state: _State) -> None:
+    """Fetch the Delta Lake jars into the local Ivy cache (once; needs the network)."""
+    from retailml.spark import delta_jars_cached, fetch_delta_jars
+
+    settings = state.settings()
+    if delta_jars_cached(settings):
+        click.echo(f"Delta Lake jars already cached ({settings.spark.delta_package})")
+        return
+    folder = fetch_delta_jars(settings)
+    click.echo(f"fetched {settings.spark.delta_package} into {folder}")
+
+
+def _echo_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            click.echo("  ".join("-" * w for w in widths))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__
+
+
+main = cli

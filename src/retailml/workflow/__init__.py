@@ -1,0 +1,133 @@
+"""The workflow: which tasks exist, in what order, and how one is run and reported.
+
+Each task is a plain function of (settings, SparkSession) that reads and writes tables, so any
+task can be re-run alone and maps one-to-one onto a Databricks job task.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from retailml.settings import Settings
+
+Echo = Callable[[str], Any]
+
+# The tasks in dependency order; later issues add features → train → score, recommend, report.
+TASK_ORDER = ("ingest", "clean")
+
+
+@contextmanager
+def session(settings: Settings) -> Iterator[SparkSession]:
+    """A SparkSession for the duration of a command, stopped afterwards."""
+    from retailml.spark import build_session
+
+    # A session that was already running (a notebook's, a test suite's) belongs to its owner.
+    owned = SparkSession.getActiveSession() is None and settings.spark.master != "existing"
+    spark = build_session(settings)
+    try:
+        yield spark
+    finally:
+        if owned:
+            spark.stop()
+
+
+def generate_data(settings: Settings, *, out: Path | None = None, force: bool = False) -> Any:
+    """Generate the synthetic data set described by ``settings.generate``.
+
+    Without ``force`` an existing data set made with the same parameters is reused (the
+    generator is deterministic, so it would be byte-identical).
+
+    Returns:
+        The generator's summary, or the stored one when reused.
+    """
+    from retailml.generate import GenerateSummary, generate
+
+    folder = out or Path(settings.path(settings.data_dir))
+    params = {**settings.generate.model_dump(mode="json"), "seed": settings.seed}
+    marker = folder / "generated.json"
+    if not force and marker.is_file():
+        stored = json.loads(marker.read_text())
+        if stored.get("params") == params:
+            s = stored["summary"]
+            return GenerateSummary(
+                out_dir=Path(s["out_dir"]), files=tuple(Path(f) for f in s["files"]),
+                ground_truth_dir=Path(s["ground_truth_dir"]), lines=s["lines"],
+                malformed_lines=s["malformed_lines"], invoices=s["invoices"],
+                customers=s["customers"], products=s["products"],
+            )
+    g = settings.generate
+    summary = generate(
+        folder, customers=g.customers, products=g.products, days=g.days,
+        start_date=g.start_date, seed=settings.seed, malformed_fraction=g.malformed_fraction,
+        guest_fraction=g.guest_fraction, return_fraction=g.return_fraction,
+    )
+    stored_summary = {
+        "out_dir": str(summary.out_dir), "files": [str(f) for f in summary.files],
+        "ground_truth_dir": str(summary.ground_truth_dir), "lines": summary.lines,
+        "malformed_lines": summary.malformed_lines, "invoices": summary.invoices,
+        "customers": summary.customers, "products": summary.products,
+    }
+    marker.write_text(json.dumps({"params": params, "summary": stored_summary}, indent=2))
+    return summary
+
+
+def run_task(name: str, settings: Settings, spark: SparkSession, *, echo: Echo = print) -> Any:
+    """Run one task by name and print what it did.
+
+    Returns:
+        The task's result object.
+    """
+    from retailml.stages import clean, ingest
+
+    started = time.monotonic()
+    echo(f"{name} ...")
+    result: Any
+    if name == "ingest":
+        result = ingest.run(settings, spark)
+        echo(
+            f"  {result.files} files, {result.input_rows:,} input rows → "
+            f"bronze.transactions {result.bronze_rows:,} + bronze.quarantine "
+            f"{result.quarantine_rows:,}"
+        )
+        for reason, count in result.reasons.items():
+            echo(f"    quarantined {count:>8,}  {reason}")
+    elif name == "clean":
+        result = clean.run(settings, spark)
+        echo(
+            f"  silver.transactions {result.transactions:,} (dropped {result.duplicates_dropped:,}"
+            f" duplicates; {result.returns:,} returns, {result.guest_rows:,} guest rows), "
+            f"silver.products {result.products:,}, silver.customers {result.customers:,}"
+        )
+    else:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_ORDER)}")
+    echo(f"{name} done in {time.monotonic() - started:.1f} s")
+    return result
+
+
+def run_all(settings: Settings, spark: SparkSession, *, echo: Echo = print) -> dict[str, Any]:
+    """Run every task in order; generate the default data first when no source is set."""
+    results: dict[str, Any] = {}
+    if not settings.ingest.source:
+        started = time.monotonic()
+        summary = generate_data(settings)
+        echo(
+            f"data: {summary.lines:,} generated lines in {len(summary.files)} files under "
+            f"{summary.out_dir} ({time.monotonic() - started:.1f} s)"
+        )
+    for name in TASK_ORDER:
+        results[name] = run_task(name, settings, spark, echo=echo)
+    from retailml.lakehouse import Lakehouse
+
+    lake = Lakehouse(settings, spark)
+    echo("tables:")
+    for name in ("bronze.transactions", "bronze.quarantine", "silver.transactions",
+                 "silver.products", "silver.customers"):
+        echo(f"  {name:<22} {lake.read(name).count():>10,} rows  {lake.location(name)}")
+    return results

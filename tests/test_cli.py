@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from pyspark.sql import SparkSession
+
+from retailml.cli import cli
+
+COMMANDS = [[], ["generate"], ["task"], ["run"], ["tables"], ["fetch-jars"]]
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in list(__import__("os").environ):
+        if name.startswith("RETAILML_"):
+            monkeypatch.delenv(name)
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "retailml")
+def test_every_command_has_help(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.output
+
+
+def test_bad_setting_is_one_line(in_tmp: Path) -> None:
+    result = CliRunner().invoke(cli, ["--set", "spark.master=nowhere", "tables"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: invalid setting 'spark.master': not a Spark master URL: 'nowhere' (got 'nowhere')"
+    ]
+
+
+def test_missing_source_is_one_line(in_tmp: Path, spark: SparkSession) -> None:
+    result = CliRunner().invoke(cli, ["task", "ingest", "--source", "no/such/dir"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == f"Error: {in_tmp.resolve()}/no/such/dir: no such file or folder"
+    assert not any("Traceback" in ln or "py4j" in ln for ln in lines)
+
+
+def test_missing_table_tells_which_task_to_run(in_tmp: Path, spark: SparkSession) -> None:
+    result = CliRunner().invoke(cli, ["task", "clean"])
+    assert result.exit_code == 1
+    assert "table bronze.transactions does not exist yet" in result.output
+    assert "run `retailml task ingest` first" in result.output
+
+
+def test_tables_lists_every_table(in_tmp: Path, spark: SparkSession) -> None:
+    result = CliRunner().invoke(cli, ["tables"])
+    assert result.exit_code == 0, result.output
+    for name in ("bronze.transactions", "bronze.quarantine", "silver.transactions",
+                 "silver.products", "silver.customers"):
+        assert name in result.output
+    assert "not written yet" in result.output
+
+
+def test_debug_shows_the_traceback(in_tmp: Path, spark: SparkSession) -> None:
+    result = CliRunner().invoke(cli, ["--debug", "task", "ingest", "--source", "nope"])
+    assert result.exit_code == 1
+    assert result.exception is not None and "no such file or folder" in str(result.exception)
