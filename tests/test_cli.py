@@ -63,3 +63,41 @@ def test_debug_shows_the_traceback(in_tmp: Path, spark: SparkSession) -> None:
     result = CliRunner().invoke(cli, ["--debug", "task", "ingest", "--source", "nope"])
     assert result.exit_code == 1
     assert result.exception is not None and "no such file or folder" in str(result.exception)
+
+
+def test_generate_command(in_tmp: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["generate", "--customers", "30", "--products", "20", "--days", "30", "--seed", "3",
+              "--out", "gen"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "lines" in result.output and (in_tmp / "gen" / "transactions").is_dir()
+    assert (in_tmp / "gen" / "ground_truth" / "taste.csv").is_file()
+
+
+@pytest.mark.slow
+def test_run_end_to_end_on_generated_data(
+    in_tmp: Path, spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in {"CUSTOMERS": "150", "PRODUCTS": "60", "DAYS": "120"}.items():
+        monkeypatch.setenv(f"RETAILML_GENERATE_{key}", value)
+    result = CliRunner().invoke(cli, ["run"])
+    assert result.exit_code == 0, result.output
+    assert "generated lines" in result.output
+    counts = {}
+    for line in result.output.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("bronze.transactions", "bronze.quarantine", "silver.transactions"):
+            counts[parts[0]] = int(parts[1].replace(",", ""))
+    generated = int(result.output.split("data: ")[1].split()[0].replace(",", ""))
+    assert counts["bronze.transactions"] + counts["bronze.quarantine"] == generated
+    assert 0 < counts["silver.transactions"] <= counts["bronze.transactions"]
+    for layer, table in [("bronze", "transactions"), ("silver", "customers")]:
+        assert (in_tmp / "lakehouse" / layer / table / "_delta_log").is_dir()
+
+    # A second run reuses the data and leaves the same tables (no duplicates).
+    again = CliRunner().invoke(cli, ["run"])
+    assert again.exit_code == 0, again.output
+    assert again.output.split("tables:")[1] == result.output.split("tables:")[1]
+    listing = CliRunner().invoke(cli, ["tables"])
+    assert f"{counts['silver.transactions']:,}" in listing.output
