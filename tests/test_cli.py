@@ -53,8 +53,13 @@ def test_missing_table_tells_which_task_to_run(in_tmp: Path, spark: SparkSession
 def test_tables_lists_every_table(in_tmp: Path, spark: SparkSession) -> None:
     result = CliRunner().invoke(cli, ["tables"])
     assert result.exit_code == 0, result.output
-    for name in ("bronze.transactions", "bronze.quarantine", "silver.transactions",
-                 "silver.products", "silver.customers"):
+    for name in (
+        "bronze.transactions",
+        "bronze.quarantine",
+        "silver.transactions",
+        "silver.products",
+        "silver.customers",
+    ):
         assert name in result.output
     assert "not written yet" in result.output
 
@@ -67,8 +72,20 @@ def test_debug_shows_the_traceback(in_tmp: Path, spark: SparkSession) -> None:
 
 def test_generate_command(in_tmp: Path) -> None:
     result = CliRunner().invoke(
-        cli, ["generate", "--customers", "30", "--products", "20", "--days", "30", "--seed", "3",
-              "--out", "gen"],
+        cli,
+        [
+            "generate",
+            "--customers",
+            "30",
+            "--products",
+            "20",
+            "--days",
+            "30",
+            "--seed",
+            "3",
+            "--out",
+            "gen",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "lines" in result.output and (in_tmp / "gen" / "transactions").is_dir()
@@ -87,7 +104,11 @@ def test_run_end_to_end_on_generated_data(
     counts = {}
     for line in result.output.splitlines():
         parts = line.split()
-        if parts and parts[0] in ("bronze.transactions", "bronze.quarantine", "silver.transactions"):
+        if parts and parts[0] in (
+            "bronze.transactions",
+            "bronze.quarantine",
+            "silver.transactions",
+        ):
             counts[parts[0]] = int(parts[1].replace(",", ""))
     generated = int(result.output.split("data: ")[1].split()[0].replace(",", ""))
     assert counts["bronze.transactions"] + counts["bronze.quarantine"] == generated

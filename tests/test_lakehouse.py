@@ -11,24 +11,40 @@ from retailml.lakehouse import TABLES, Lakehouse
 from retailml.settings import Settings
 from tests.conftest import make_settings
 
-CUSTOMERS = ["customer_id", "country", "first_purchase", "last_purchase", "invoices",
-             "purchase_lines", "return_lines", "distinct_products", "total_spent"]
+CUSTOMERS = [
+    "customer_id",
+    "country",
+    "first_purchase",
+    "last_purchase",
+    "invoices",
+    "purchase_lines",
+    "return_lines",
+    "distinct_products",
+    "total_spent",
+]
 
 
 def customers(spark: SparkSession, rows: list[tuple]) -> object:
     df = spark.createDataFrame(rows, "customer_id string, country string, invoices long")
     return df.select(
-        "customer_id", "country",
+        "customer_id",
+        "country",
         F.lit(None).cast("timestamp").alias("first_purchase"),
         F.lit(None).cast("timestamp").alias("last_purchase"),
-        "invoices", F.lit(1).alias("purchase_lines"), F.lit(0).alias("return_lines"),
-        F.lit(1).alias("distinct_products"), F.lit(9.5).alias("total_spent"),
+        "invoices",
+        F.lit(1).alias("purchase_lines"),
+        F.lit(0).alias("return_lines"),
+        F.lit(1).alias("distinct_products"),
+        F.lit(9.5).alias("total_spent"),
     )
 
 
 def test_locations(tmp_path: Path, spark: SparkSession) -> None:
     by_path = Lakehouse(make_settings(tmp_path), spark)
-    assert by_path.location("silver.transactions") == f"{tmp_path.resolve()}/lakehouse/silver/transactions"
+    assert (
+        by_path.location("silver.transactions")
+        == f"{tmp_path.resolve()}/lakehouse/silver/transactions"
+    )
     with_schema = Lakehouse(make_settings(tmp_path, catalog="main", schema="retail"), spark)
     assert with_schema.location("bronze.quarantine") == "main.retail.bronze_quarantine"
     per_layer = Lakehouse(make_settings(tmp_path, catalog="main"), spark)
@@ -67,8 +83,9 @@ def test_replace_where_is_idempotent(settings: Settings, spark: SparkSession) ->
 def test_merge_upserts_on_keys(settings: Settings, spark: SparkSession) -> None:
     lake = Lakehouse(settings, spark)
     lake.merge("silver.customers", customers(spark, [("1", "UK", 1)]), ["customer_id"])
-    lake.merge("silver.customers", customers(spark, [("1", "UK", 4), ("3", "DE", 2)]),
-               ["customer_id"])
+    lake.merge(
+        "silver.customers", customers(spark, [("1", "UK", 4), ("3", "DE", 2)]), ["customer_id"]
+    )
     rows = {r.customer_id: r.invoices for r in lake.read("silver.customers").collect()}
     assert rows == {"1": 4, "3": 2}
 
@@ -80,7 +97,9 @@ def test_conform_rejects_wrong_columns(settings: Settings, spark: SparkSession) 
 
 
 def test_catalog_tables(tmp_path: Path, spark: SparkSession) -> None:
-    lake = Lakehouse(make_settings(tmp_path, catalog="spark_catalog", schema="retailml_test"), spark)
+    lake = Lakehouse(
+        make_settings(tmp_path, catalog="spark_catalog", schema="retailml_test"), spark
+    )
     lake.overwrite("silver.customers", customers(spark, [("1", "UK", 1)]))
     assert spark.catalog.tableExists("spark_catalog.retailml_test.silver_customers")
     assert lake.read("silver.customers").count() == 1

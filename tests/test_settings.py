@@ -23,7 +23,7 @@ def test_defaults(tmp_path: Path) -> None:
 def test_precedence_file_then_env_then_overrides(tmp_path: Path) -> None:
     (tmp_path / "retailml.toml").write_text(
         'seed = 1\nlake_root = "/lake/from/file"\n[spark]\nmaster = "local[3]"\n'
-        '[generate]\ncustomers = 10\n'
+        "[generate]\ncustomers = 10\n"
     )
     env = {"RETAILML_SEED": "2", "RETAILML_SPARK_MASTER": "local[4]"}
     s = load_settings(environ=env, project_dir=tmp_path, overrides={"seed": 3})
@@ -72,7 +72,7 @@ def test_invalid_values_name_the_setting(tmp_path: Path, env: dict, message: str
 def test_bad_toml_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "retailml.toml"
     bad.write_text("seed = = 1")
-    with pytest.raises(SettingsError, match="retailml.toml: not valid TOML"):
+    with pytest.raises(SettingsError, match=r"retailml\.toml: not valid TOML"):
         load_settings(environ={}, project_dir=tmp_path)
     with pytest.raises(SettingsError, match="settings file not found"):
         load_settings(environ={}, project_dir=tmp_path, config_file=tmp_path / "nope.toml")
@@ -81,7 +81,7 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
 def test_with_overrides_revalidates(tmp_path: Path) -> None:
     s = load_settings(environ={}, project_dir=tmp_path)
     assert s.with_overrides({"spark.master": "local[2]"}).spark.master == "local[2]"
-    with pytest.raises(SettingsError, match="spark.master"):
+    with pytest.raises(SettingsError, match=r"spark\.master"):
         s.with_overrides({"spark.master": "bogus"})
 
 

@@ -25,8 +25,12 @@ def test_session_has_delta_and_runs_this_python(spark: SparkSession, tmp_path: P
 
 def test_local_defaults_and_user_conf(tmp_path: Path) -> None:
     settings = make_settings(
-        tmp_path, **{"spark.master": "local[3]", "spark.shuffle_partitions": None,
-                     "spark.conf": {"spark.sql.adaptive.enabled": "false"}}
+        tmp_path,
+        **{
+            "spark.master": "local[3]",
+            "spark.shuffle_partitions": None,
+            "spark.conf": {"spark.sql.adaptive.enabled": "false"},
+        },
     )
     conf = dict(spark_conf(settings).getAll())
     assert conf["spark.sql.shuffle.partitions"] == "6"  # 2 × cores
@@ -36,8 +40,9 @@ def test_local_defaults_and_user_conf(tmp_path: Path) -> None:
 
 
 def test_cluster_master_keeps_spark_default_partitions(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, **{"spark.master": "spark://10.0.0.1:7077",
-                                          "spark.shuffle_partitions": None})
+    settings = make_settings(
+        tmp_path, **{"spark.master": "spark://10.0.0.1:7077", "spark.shuffle_partitions": None}
+    )
     conf = dict(spark_conf(settings).getAll())
     assert "spark.sql.shuffle.partitions" not in conf
     assert "spark.driver.host" not in conf

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,19 @@ class _Cli(click.Group):
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Settings file (default: ./retailml.toml if present).")
-@click.option("--set", "overrides", multiple=True, callback=_parse_set, metavar="KEY=VALUE",
-              help="Override a setting, e.g. --set spark.master=local[2] (repeatable).")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Settings file (default: ./retailml.toml if present).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    callback=_parse_set,
+    metavar="KEY=VALUE",
+    help="Override a setting, e.g. --set spark.master=local[2] (repeatable).",
+)
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.version_option(package_name="retailml")
 @click.pass_context
@@ -83,8 +93,11 @@ def cli(ctx: click.Context, config: Path | None, overrides: dict, debug: bool) -
 @click.option("--days", type=int, help="Days of history.")
 @click.option("--seed", type=int, help="Random seed (same seed, same bytes).")
 @click.option("--malformed-fraction", type=float, help="Share of deliberately broken lines.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (default: the data_dir setting).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (default: the data_dir setting).",
+)
 @pass_state
 def generate(state: _State, out: Path | None, seed: int | None, **sizes: Any) -> None:
     """Generate a synthetic retail data set (CSV, UCI Online Retail II layout)."""
@@ -104,7 +117,9 @@ def generate(state: _State, out: Path | None, seed: int | None, **sizes: Any) ->
 
 @cli.command()
 @click.argument("name", type=click.Choice(["ingest", "clean"]))
-@click.option("--source", help="ingest: a file or folder of CSV / Parquet (default: generated data).")
+@click.option(
+    "--source", help="ingest: a file or folder of CSV / Parquet (default: generated data)."
+)
 @pass_state
 def task(state: _State, name: str, source: str | None) -> None:
     """Run one workflow task (what a Databricks job task calls)."""
@@ -140,8 +155,14 @@ def tables(state: _State) -> None:
         rows = [("table", "version", "rows", "location")]
         for name in TABLES:
             if lake.exists(name):
-                rows.append((name, str(lake.version(name)), f"{lake.read(name).count():,}",
-                             lake.location(name)))
+                rows.append(
+                    (
+                        name,
+                        str(lake.version(name)),
+                        f"{lake.read(name).count():,}",
+                        lake.location(name),
+                    )
+                )
             else:
                 rows.append((name, "-", "-", "not written yet"))
         _echo_table(rows)
@@ -161,7 +182,7 @@ def fetch_jars(state: _State) -> None:
     click.echo(f"fetched {settings.spark.delta_package} into {folder}")
 
 
-def _echo_table(rows: list[tuple[str, ...]]) -> None:
+def _echo_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

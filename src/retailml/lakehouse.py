@@ -35,16 +35,36 @@ class TableSpec:
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
-        TableSpec("bronze.transactions", S.BRONZE_TRANSACTIONS, "ingest",
-                  "every valid source row in the canonical schema, with lineage"),
-        TableSpec("bronze.quarantine", S.BRONZE_QUARANTINE, "ingest",
-                  "source rows that could not be parsed or failed validation, with the reason"),
-        TableSpec("silver.transactions", S.SILVER_TRANSACTIONS, "clean",
-                  "typed, de-duplicated transactions; returns and guests flagged"),
-        TableSpec("silver.products", S.SILVER_PRODUCTS, "clean",
-                  "one row per product: best name, category, price statistics"),
-        TableSpec("silver.customers", S.SILVER_CUSTOMERS, "clean",
-                  "one row per known customer: first/last purchase, country, counts"),
+        TableSpec(
+            "bronze.transactions",
+            S.BRONZE_TRANSACTIONS,
+            "ingest",
+            "every valid source row in the canonical schema, with lineage",
+        ),
+        TableSpec(
+            "bronze.quarantine",
+            S.BRONZE_QUARANTINE,
+            "ingest",
+            "source rows that could not be parsed or failed validation, with the reason",
+        ),
+        TableSpec(
+            "silver.transactions",
+            S.SILVER_TRANSACTIONS,
+            "clean",
+            "typed, de-duplicated transactions; returns and guests flagged",
+        ),
+        TableSpec(
+            "silver.products",
+            S.SILVER_PRODUCTS,
+            "clean",
+            "one row per product: best name, category, price statistics",
+        ),
+        TableSpec(
+            "silver.customers",
+            S.SILVER_CUSTOMERS,
+            "clean",
+            "one row per known customer: first/last purchase, country, counts",
+        ),
     )
 }
 
@@ -137,7 +157,8 @@ class Lakehouse:
             return
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         (
-            self._delta(name).alias("t")
+            self._delta(name)
+            .alias("t")
             .merge(self.conform(name, df).alias("s"), condition)
             .whenMatchedUpdateAll()
             .whenNotMatchedInsertAll()

@@ -76,7 +76,8 @@ class MlflowSettings(_Section):
     )
     registry_uri: str | None = None
     artifact_root: str | None = Field(
-        None, description="Where new experiments store artifacts; default <project>/mlflow/artifacts."
+        None,
+        description="Where new experiments store artifacts; default <project>/mlflow/artifacts.",
     )
 
 
@@ -128,10 +129,10 @@ class Settings(_Section):
     data_dir: str = Field("data", description="Where `retailml generate` writes by default.")
     log_dir: str = Field("logs", description="Spark driver logs.")
     seed: int = 42
-    spark: SparkSettings = Field(default_factory=SparkSettings)
-    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
-    generate: GenerateSettings = Field(default_factory=GenerateSettings)
-    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    spark: SparkSettings = Field(default_factory=lambda: SparkSettings())
+    mlflow: MlflowSettings = Field(default_factory=lambda: MlflowSettings())
+    generate: GenerateSettings = Field(default_factory=lambda: GenerateSettings())
+    ingest: IngestSettings = Field(default_factory=lambda: IngestSettings())
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -234,8 +235,9 @@ def _validate(data: dict[str, Any]) -> Settings:
 
 
 _SECTIONS = {
-    name for name, field in Settings.model_fields.items()
-    if isinstance(field.default_factory, type) and issubclass(field.default_factory, BaseModel)
+    name
+    for name, field in Settings.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
 }
 
 
@@ -262,6 +264,8 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> N
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise SettingsError(f"invalid setting '{dotted}' from {source}: '{part}' is not a section")
+            raise SettingsError(
+                f"invalid setting '{dotted}' from {source}: '{part}' is not a section"
+            )
         node = child
     node[leaf] = value

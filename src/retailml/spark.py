@@ -136,7 +136,7 @@ def fetch_delta_jars(settings: Settings) -> Path:
             _launch_jvm(settings, conf)
             SparkContext(conf=conf).stop()
             return ivy_dir(settings)
-        except Exception:  # noqa: BLE001 - the log says why; retry with what it names
+        except Exception:
             _reset_gateway()
             wanted = _failed_downloads(log.read_text(errors="replace")) or [package]
             if not shutil.which("mvn"):
@@ -149,7 +149,7 @@ def fetch_delta_jars(settings: Settings) -> Path:
 
 def _launch_jvm(settings: Settings, conf: SparkConf) -> None:
     """Start the driver JVM with its stdout/stderr in the log file instead of the console."""
-    if SparkContext._gateway is not None:  # noqa: SLF001 - a JVM is already up in this process
+    if SparkContext._gateway is not None:
         return
     from pyspark.java_gateway import launch_gateway
 
@@ -164,16 +164,16 @@ def _launch_jvm(settings: Settings, conf: SparkConf) -> None:
         except Exception as exc:
             tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
             raise SetupError(f"Spark did not start ({exc.__class__.__name__}): {tail}") from exc
-    SparkContext._gateway = gateway  # noqa: SLF001 - hand our gateway to PySpark
-    SparkContext._jvm = gateway.jvm  # noqa: SLF001
+    SparkContext._gateway = gateway
+    SparkContext._jvm = gateway.jvm
 
 
 def _reset_gateway() -> None:
     with suppress(Exception):
-        if SparkContext._gateway is not None:  # noqa: SLF001
-            SparkContext._gateway.shutdown()  # noqa: SLF001
-    SparkContext._gateway = None  # noqa: SLF001
-    SparkContext._jvm = None  # noqa: SLF001
+        if SparkContext._gateway is not None:
+            SparkContext._gateway.shutdown()
+    SparkContext._gateway = None
+    SparkContext._jvm = None
 
 
 def _log_file(settings: Settings) -> Path:

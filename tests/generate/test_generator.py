@@ -13,8 +13,16 @@ import pytest
 
 from retailml.generate import GenerateSummary, generate
 
-HEADER = ["Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price",
-          "Customer ID", "Country"]
+HEADER = [
+    "Invoice",
+    "StockCode",
+    "Description",
+    "Quantity",
+    "InvoiceDate",
+    "Price",
+    "Customer ID",
+    "Country",
+]
 START = date(2010, 10, 20)
 SIZES = {"customers": 150, "products": 80, "days": 75, "start_date": START}
 PRICE = re.compile(r"^\d+\.\d{2}$")
@@ -60,8 +68,9 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> GenerateSummary:
 
 
 def _all_files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path: Path) -> None:
@@ -79,12 +88,17 @@ def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path: Path
 
 def test_monthly_files_with_the_uci_layout(clean: GenerateSummary) -> None:
     names = [p.name for p in clean.files]
-    assert names == ["online_retail_2010-10.csv", "online_retail_2010-11.csv",
-                     "online_retail_2010-12.csv", "online_retail_2011-01.csv"]
+    assert names == [
+        "online_retail_2010-10.csv",
+        "online_retail_2010-11.csv",
+        "online_retail_2010-12.csv",
+        "online_retail_2011-01.csv",
+    ]
     assert all(p.parent == clean.out_dir / "transactions" for p in clean.files)
     first = clean.files[0].read_bytes()
-    assert first.startswith(b"Invoice,StockCode,Description,Quantity,InvoiceDate,Price,"
-                            b"Customer ID,Country\n")
+    assert first.startswith(
+        b"Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country\n"
+    )
     assert b"\r" not in first
 
     rows = _rows(clean)
@@ -163,8 +177,14 @@ def test_ground_truth(clean: GenerateSummary) -> None:
     truth = clean.ground_truth_dir
     assert truth == clean.out_dir / "ground_truth"
     assert not truth.resolve().is_relative_to((clean.out_dir / "transactions").resolve())
-    for name in ("customers.csv", "taste.csv", "products.csv", "calendar.csv",
-                 "favourites.csv", "README.txt"):
+    for name in (
+        "customers.csv",
+        "taste.csv",
+        "products.csv",
+        "calendar.csv",
+        "favourites.csv",
+        "README.txt",
+    ):
         assert (truth / name).is_file(), name
 
     def read(name: str) -> list[dict[str, str]]:
@@ -214,8 +234,12 @@ def test_ground_truth_may_not_sit_among_the_transactions(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("customers", 0), ("products", 1), ("days", 0), ("malformed_fraction", 1.0),
-        ("guest_fraction", -0.1), ("return_fraction", 1.5),
+        ("customers", 0),
+        ("products", 1),
+        ("days", 0),
+        ("malformed_fraction", 1.0),
+        ("guest_fraction", -0.1),
+        ("return_fraction", 1.5),
     ],
 )
 def test_invalid_arguments_name_the_parameter(tmp_path: Path, name: str, value: float) -> None:

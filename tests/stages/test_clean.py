@@ -17,8 +17,22 @@ T2 = datetime(2010, 2, 1, 9, 0)
 def bronze(spark: SparkSession, rows: list[tuple]) -> DataFrame:
     """Bronze rows from (invoice, customer, product, name, qty, price, time, country, file)."""
     full = [
-        (inv, cust, prod, name, None, qty, price, ts, S.PURCHASE, country, src, "online_retail_ii",
-         T2, "b1")
+        (
+            inv,
+            cust,
+            prod,
+            name,
+            None,
+            qty,
+            price,
+            ts,
+            S.PURCHASE,
+            country,
+            src,
+            "online_retail_ii",
+            T2,
+            "b1",
+        )
         for inv, cust, prod, name, qty, price, ts, country, src in rows
     ]
     return spark.createDataFrame(full, S.BRONZE_TRANSACTIONS)
@@ -73,8 +87,10 @@ def test_run_is_idempotent(settings: Settings, spark: SparkSession) -> None:
     lake = Lakehouse(settings, spark)
     lake.overwrite("bronze.transactions", bronze(spark, ROWS))
     first = clean.run(settings, spark)
-    snapshot = {n: sorted(lake.read(n).collect()) for n in
-                ("silver.transactions", "silver.products", "silver.customers")}
+    snapshot = {
+        n: sorted(lake.read(n).collect())
+        for n in ("silver.transactions", "silver.products", "silver.customers")
+    }
     second = clean.run(settings, spark)
     assert first == second
     assert first.duplicates_dropped == 1 and first.returns == 1 and first.guest_rows == 1

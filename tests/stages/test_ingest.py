@@ -33,17 +33,13 @@ GOOD = [
     "489450,22088,GUEST MUG,1,2009-12-01 11:00:00,1.25,,United Kingdom",
 ]
 BAD = {
-    "489435,22350,CAT BOWL,12O,2009-12-01 07:46:00,2.55,13085.0,United Kingdom":
-        "Quantity: not an integer ('12O')",
-    "489436,22350,CAT BOWL,1,2009-13-45 07:46:00,2.55,,United Kingdom":
-        "InvoiceDate: not a date ('2009-13-45 07:46:00')",
+    "489435,22350,CAT BOWL,12O,2009-12-01 07:46:00,2.55,13085.0,United Kingdom": "Quantity: not an integer ('12O')",
+    "489436,22350,CAT BOWL,1,2009-13-45 07:46:00,2.55,,United Kingdom": "InvoiceDate: not a date ('2009-13-45 07:46:00')",
     "489437,22350,CAT BOWL,1,2009-12-01 07:46:00": "malformed line: expected 8 fields",
     "489438,,CAT BOWL,1,2009-12-01 07:46:00,2.55,13085.0,United Kingdom": "StockCode: missing",
-    "489439,22350,CAT BOWL,1,2009-12-01 07:46:00,-2.55,13085.0,United Kingdom":
-        "Price: negative ('-2.55')",
+    "489439,22350,CAT BOWL,1,2009-12-01 07:46:00,-2.55,13085.0,United Kingdom": "Price: negative ('-2.55')",
     "489440,22350,CAT BOWL,0,2009-12-01 07:46:00,2.55,13085.0,United Kingdom": "Quantity: zero",
-    "489441,22350,CAT BOWL,1,2009-12-01 07:46:00,abc,13085.0,United Kingdom":
-        "Price: not a number ('abc')",
+    "489441,22350,CAT BOWL,1,2009-12-01 07:46:00,abc,13085.0,United Kingdom": "Price: not a number ('abc')",
 }
 
 
@@ -56,20 +52,29 @@ def write(path: Path, header: str, lines: list[str]) -> Path:
 def test_detects_known_layouts() -> None:
     assert detect_layout(HEADER_II.split(","), source="f").name == "online_retail_ii"
     uci1 = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
-    assert detect_layout(uci1.split(","), source="f") .name == ONLINE_RETAIL.name
+    assert detect_layout(uci1.split(","), source="f").name == ONLINE_RETAIL.name
     rees = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
     assert detect_layout(rees.split(","), source="f").name == REES46.name
     # Column names are matched without regard to case or surrounding spaces.
-    assert detect_layout([c.upper() for c in HEADER_II.split(",")], source="f").name == ONLINE_RETAIL_II.name
+    assert (
+        detect_layout([c.upper() for c in HEADER_II.split(",")], source="f").name
+        == ONLINE_RETAIL_II.name
+    )
 
 
 def test_missing_required_column_names_file_and_column() -> None:
     columns = [c for c in HEADER_II.split(",") if c != "Price"]
-    with pytest.raises(InputError, match=r"^x\.csv: missing column 'Price' \(closest known layout: online_retail_ii"):
+    with pytest.raises(
+        InputError,
+        match=r"^x\.csv: missing column 'Price' \(closest known layout: online_retail_ii",
+    ):
         detect_layout(columns, source="x.csv")
     with pytest.raises(InputError, match="missing column 'when'"):
-        detect_layout(["a", "b"], source="y.csv",
-                      mapping={"event_time": "when", "product_id": "a", "unit_price": "b"})
+        detect_layout(
+            ["a", "b"],
+            source="y.csv",
+            mapping={"event_time": "when", "product_id": "a", "unit_price": "b"},
+        )
     with pytest.raises(InputError, match="required column 'unit_price' is not mapped"):
         detect_layout(["a", "b"], source="y.csv", mapping={"event_time": "a", "product_id": "b"})
 
@@ -80,7 +85,8 @@ def canonical_rows(spark: SparkSession, tmp_path: Path, lines: list[str]) -> lis
     df = to_canonical(
         read_source(spark, source, delimiter=","),
         detect_layout(source.columns, source=source.path),
-        timestamp_formats=["yyyy-MM-dd HH:mm:ss"], expected_fields=8,
+        timestamp_formats=["yyyy-MM-dd HH:mm:ss"],
+        expected_fields=8,
     )
     return [r.asDict() for r in df.collect()]
 
@@ -103,13 +109,20 @@ def test_each_bad_row_gets_its_reason(spark: SparkSession, tmp_path: Path) -> No
     assert {r["raw"]: r["reason"] for r in rows} == BAD
 
 
-def test_run_counts_quarantine_and_idempotency(settings: Settings, spark: SparkSession, tmp_path: Path) -> None:
+def test_run_counts_quarantine_and_idempotency(
+    settings: Settings, spark: SparkSession, tmp_path: Path
+) -> None:
     src = tmp_path / "src"
     write(src / "a.csv", HEADER_II, GOOD)
     write(src / "sub" / "b.csv", HEADER_II, list(BAD))
     (src / "_SUCCESS").write_text("")  # marker files are not data
     first = ingest.run(settings, spark, source=str(src))
-    assert (first.files, first.input_rows, first.bronze_rows, first.quarantine_rows) == (2, 11, 4, 7)
+    assert (first.files, first.input_rows, first.bronze_rows, first.quarantine_rows) == (
+        2,
+        11,
+        4,
+        7,
+    )
     assert first.reasons["Quantity: not an integer"] == 1
     lake = Lakehouse(settings, spark)
     quarantine = lake.read("bronze.quarantine")
@@ -131,7 +144,9 @@ def test_a_bad_file_writes_nothing(settings: Settings, spark: SparkSession, tmp_
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_folder", "empty_file", "header_only"])
-def test_empty_input_is_a_clear_error(settings: Settings, spark: SparkSession, tmp_path: Path, case: str) -> None:
+def test_empty_input_is_a_clear_error(
+    settings: Settings, spark: SparkSession, tmp_path: Path, case: str
+) -> None:
     src = tmp_path / "src"
     src.mkdir()
     if case == "missing":
@@ -140,8 +155,12 @@ def test_empty_input_is_a_clear_error(settings: Settings, spark: SparkSession, t
         (src / "a.csv").write_text("")
     elif case == "header_only":
         write(src / "a.csv", HEADER_II, [])
-    message = {"missing": "no such file or folder", "empty_folder": "empty folder",
-               "empty_file": r"a\.csv: empty file", "header_only": "no data rows"}[case]
+    message = {
+        "missing": "no such file or folder",
+        "empty_folder": "empty folder",
+        "empty_file": r"a\.csv: empty file",
+        "header_only": "no data rows",
+    }[case]
     with pytest.raises(InputError, match=message):
         ingest.run(settings, spark, source=str(src))
     assert not Lakehouse(settings, spark).exists("bronze.transactions")
@@ -168,15 +187,29 @@ def test_rees46_events_and_parquet(settings: Settings, spark: SparkSession, tmp_
 
 
 def test_column_mapping_for_other_layouts(tmp_path: Path, spark: SparkSession) -> None:
-    settings = make_settings(tmp_path, **{"ingest.column_mapping": {
-        "event_time": "ts", "product_id": "sku", "unit_price": "amount", "customer_id": "who",
-        "quantity": "n",
-    }, "ingest.delimiter": ";"})
+    settings = make_settings(
+        tmp_path,
+        **{
+            "ingest.column_mapping": {
+                "event_time": "ts",
+                "product_id": "sku",
+                "unit_price": "amount",
+                "customer_id": "who",
+                "quantity": "n",
+            },
+            "ingest.delimiter": ";",
+        },
+    )
     src = write(tmp_path / "x.csv", "ts;sku;amount;who;n", ["2024-01-02 10:00:00;A1;3.5;c1;2"])
     result = ingest.run(settings, spark, source=str(src))
     assert (result.bronze_rows, result.quarantine_rows) == (1, 0)
     row = Lakehouse(settings, spark).read("bronze.transactions").first()
-    assert (row.product_id, row.unit_price, row.quantity, row.source_layout) == ("A1", 3.5, 2, "custom")
+    assert (row.product_id, row.unit_price, row.quantity, row.source_layout) == (
+        "A1",
+        3.5,
+        2,
+        "custom",
+    )
 
 
 FIELD = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12)
@@ -188,8 +221,13 @@ FIELD = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", 
     bad=st.lists(st.sampled_from(list(BAD)), max_size=6),
     junk=st.lists(st.lists(FIELD, min_size=1, max_size=10), max_size=6),
 )
-def test_counts_in_equal_bronze_plus_quarantine(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory,
-                                                good: list[str], bad: list[str], junk: list[list[str]]) -> None:
+def test_counts_in_equal_bronze_plus_quarantine(
+    spark: SparkSession,
+    tmp_path_factory: pytest.TempPathFactory,
+    good: list[str],
+    bad: list[str],
+    junk: list[list[str]],
+) -> None:
     base = tmp_path_factory.mktemp("hyp")
     settings = make_settings(base)
     lines = good + bad

@@ -43,7 +43,12 @@ class GenerateSummary:
 
 
 def _check(
-    *, customers: int, products: int, days: int, start_date: date, seed: int,
+    *,
+    customers: int,
+    products: int,
+    days: int,
+    start_date: date,
+    seed: int,
     fractions: dict[str, float],
 ) -> None:
     if not 1 <= customers <= MAX_CUSTOMERS:
@@ -109,7 +114,11 @@ def generate(
         ValueError: An argument is out of range; the message names it.
     """
     _check(
-        customers=customers, products=products, days=days, start_date=start_date, seed=seed,
+        customers=customers,
+        products=products,
+        days=days,
+        start_date=start_date,
+        seed=seed,
         fractions={
             "malformed_fraction": malformed_fraction,
             "guest_fraction": guest_fraction,
@@ -127,14 +136,19 @@ def generate(
     world_seed, stream_seed, corrupt_seed = np.random.SeedSequence(seed).spawn(3)
     world = build_world(
         np.random.Generator(np.random.PCG64(world_seed)),
-        customers=customers, products=products, start_date=start_date, days=days,
+        customers=customers,
+        products=products,
+        start_date=start_date,
+        days=days,
     )
     write_ground_truth(world, truth_dir)
     counts = write_transactions(
-        world, transactions_dir,
+        world,
+        transactions_dir,
         rng=np.random.Generator(np.random.PCG64(stream_seed)),
         corrupt_rng=np.random.Generator(np.random.PCG64(corrupt_seed)),
-        guest_fraction=guest_fraction, return_fraction=return_fraction,
+        guest_fraction=guest_fraction,
+        return_fraction=return_fraction,
         malformed_fraction=malformed_fraction,
     )
     return GenerateSummary(

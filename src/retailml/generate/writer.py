@@ -25,7 +25,13 @@ from retailml.generate.world import (
 )
 
 HEADER = (
-    "Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID",
+    "Invoice",
+    "StockCode",
+    "Description",
+    "Quantity",
+    "InvoiceDate",
+    "Price",
+    "Customer ID",
     "Country",
 )
 FILE_PATTERN = "online_retail_*.csv"
@@ -107,7 +113,11 @@ class _Stream:
     """Draws the purchases of each day and keeps the returns that are still to come."""
 
     def __init__(
-        self, world: World, rng: np.random.Generator, *, guest_fraction: float,
+        self,
+        world: World,
+        rng: np.random.Generator,
+        *,
+        guest_fraction: float,
         return_fraction: float,
     ) -> None:
         self.world = world
@@ -165,8 +175,9 @@ class _Stream:
         basket, customer, product = basket[keep], customer[keep], product[keep]
         n = len(keep)
 
-        small = QTY_VALUES[np.minimum(np.searchsorted(QTY_CUM, rng.random(n), side="right"),
-                                      len(QTY_VALUES) - 1)]
+        small = QTY_VALUES[
+            np.minimum(np.searchsorted(QTY_CUM, rng.random(n), side="right"), len(QTY_VALUES) - 1)
+        ]
         base = cat.base_cents[product]
         bulk = rng.random(n) < np.where(base < CHEAP_CENTS, BULK_P_CHEAP, BULK_P)
         quantity = np.where(bulk, BULK_VALUES[rng.integers(0, len(BULK_VALUES), n)], small)
@@ -196,15 +207,17 @@ class _Stream:
             sub = picked[due[picked] == due_day]
             # All lines returned from one basket on one day form one cancellation invoice.
             baskets, invoice = np.unique(lines.invoice[sub], return_inverse=True)
-            self.pending.setdefault(due_day, []).append(_Lines(
-                invoice=invoice.reshape(-1),
-                product=lines.product[sub],
-                quantity=-quantity[sub],
-                cents=lines.cents[sub],
-                customer=lines.customer[baskets],
-                country=lines.country[baskets],
-                minute=minute[baskets],
-            ))
+            self.pending.setdefault(due_day, []).append(
+                _Lines(
+                    invoice=invoice.reshape(-1),
+                    product=lines.product[sub],
+                    quantity=-quantity[sub],
+                    cents=lines.cents[sub],
+                    customer=lines.customer[baskets],
+                    country=lines.country[baskets],
+                    minute=minute[baskets],
+                )
+            )
 
     def returns(self, day: int) -> _Lines:
         """The return lines due on ``day`` (forgotten once taken)."""
@@ -232,16 +245,22 @@ class _Formatter:
             [f"{m // 60:02d}:{m % 60:02d}:00" for m in range(24 * 60)], dtype=object
         )
 
-    def rows(self, day: date, lines: _Lines, numbers: np.ndarray, is_return: np.ndarray,
-             ) -> list[tuple[str, ...]]:
+    def rows(
+        self,
+        day: date,
+        lines: _Lines,
+        numbers: np.ndarray,
+        is_return: np.ndarray,
+    ) -> list[tuple[str, ...]]:
         prefix = day.isoformat() + " "
         invoice_text = np.array(
-            [("C" if r else "") + str(n) for n, r in zip(numbers.tolist(), is_return.tolist(),
-                                                         strict=True)],
+            [
+                ("C" if r else "") + str(n)
+                for n, r in zip(numbers.tolist(), is_return.tolist(), strict=True)
+            ],
             dtype=object,
         )
-        date_text = np.array([prefix + c for c in self.clock[lines.minute].tolist()],
-                             dtype=object)
+        date_text = np.array([prefix + c for c in self.clock[lines.minute].tolist()], dtype=object)
         inv = lines.invoice
         customer = np.where(lines.customer < 0, self.guest, lines.customer)
         columns = (
@@ -291,8 +310,10 @@ def _corrupt(
 
 
 def _write_rows(
-    fh: TextIO, writerows: Callable[[Iterable[Sequence[str]]], None],
-    rows: list[tuple[str, ...]], truncated: dict[int, str],
+    fh: TextIO,
+    writerows: Callable[[Iterable[Sequence[str]]], None],
+    rows: list[tuple[str, ...]],
+    truncated: dict[int, str],
 ) -> None:
     # Truncated lines bypass csv.writer, which would otherwise write all the fields it is given.
     start = 0
@@ -304,8 +325,13 @@ def _write_rows(
 
 
 def write_transactions(
-    world: World, directory: Path, *, rng: np.random.Generator,
-    corrupt_rng: np.random.Generator, guest_fraction: float, return_fraction: float,
+    world: World,
+    directory: Path,
+    *,
+    rng: np.random.Generator,
+    corrupt_rng: np.random.Generator,
+    guest_fraction: float,
+    return_fraction: float,
     malformed_fraction: float,
 ) -> StreamCounts:
     """Write the transaction stream as one CSV file per calendar month into ``directory``.
@@ -361,8 +387,13 @@ def write_transactions(
             next_number += lines.invoices
             by_number = np.argsort(numbers[lines.invoice], kind="stable")
             lines = _Lines(
-                lines.invoice[by_number], lines.product[by_number], lines.quantity[by_number],
-                lines.cents[by_number], lines.customer, lines.country, lines.minute,
+                lines.invoice[by_number],
+                lines.product[by_number],
+                lines.quantity[by_number],
+                lines.cents[by_number],
+                lines.customer,
+                lines.country,
+                lines.minute,
             )
 
             rows = formatter.rows(day, lines, numbers, is_return)

@@ -1,4 +1,5 @@
-"""Clean: ``bronze.transactions`` → ``silver.transactions``, ``silver.products``, ``silver.customers``.
+"""Clean: ``bronze.transactions`` → ``silver.transactions``, ``silver.products`` and
+``silver.customers``.
 
 Rules, in the order they apply:
 
@@ -26,8 +27,16 @@ from retailml.lakehouse import Lakehouse
 from retailml.settings import Settings
 
 _BUSINESS_COLUMNS = (
-    S.INVOICE_ID, S.CUSTOMER_ID, S.PRODUCT_ID, S.PRODUCT_NAME, S.CATEGORY,
-    S.QUANTITY, S.UNIT_PRICE, S.EVENT_TIME, S.EVENT_TYPE, S.COUNTRY,
+    S.INVOICE_ID,
+    S.CUSTOMER_ID,
+    S.PRODUCT_ID,
+    S.PRODUCT_NAME,
+    S.CATEGORY,
+    S.QUANTITY,
+    S.UNIT_PRICE,
+    S.EVENT_TIME,
+    S.EVENT_TYPE,
+    S.COUNTRY,
 )
 
 
@@ -56,7 +65,11 @@ def clean_transactions(bronze: DataFrame) -> DataFrame:
     )
     return deduped.select(
         F.sha2(key, 256).substr(1, 32).alias(S.TRANSACTION_ID),
-        S.INVOICE_ID, S.CUSTOMER_ID, S.PRODUCT_ID, S.PRODUCT_NAME, S.CATEGORY,
+        S.INVOICE_ID,
+        S.CUSTOMER_ID,
+        S.PRODUCT_ID,
+        S.PRODUCT_NAME,
+        S.CATEGORY,
         quantity.alias(S.QUANTITY),
         S.UNIT_PRICE,
         F.round(quantity * F.col(S.UNIT_PRICE), 2).alias(S.AMOUNT),
@@ -111,8 +124,9 @@ def build_customers(transactions: DataFrame) -> DataFrame:
             F.count(F.when(purchase, F.lit(1))).alias("purchase_lines"),
             F.count(F.when(F.col(S.IS_RETURN), F.lit(1))).alias("return_lines"),
             F.countDistinct(F.when(purchase, F.col(S.PRODUCT_ID))).alias("distinct_products"),
-            F.round(F.coalesce(F.sum(F.when(bought, F.col(S.AMOUNT))), F.lit(0.0)), 2)
-            .alias("total_spent"),
+            F.round(F.coalesce(F.sum(F.when(bought, F.col(S.AMOUNT))), F.lit(0.0)), 2).alias(
+                "total_spent"
+            ),
         )
     )
 

@@ -48,27 +48,42 @@ class Layout:
 ONLINE_RETAIL_II = Layout(
     "online_retail_ii",
     {
-        S.INVOICE_ID: "Invoice", S.PRODUCT_ID: "StockCode", S.PRODUCT_NAME: "Description",
-        S.QUANTITY: "Quantity", S.EVENT_TIME: "InvoiceDate", S.UNIT_PRICE: "Price",
-        S.CUSTOMER_ID: "Customer ID", S.COUNTRY: "Country",
+        S.INVOICE_ID: "Invoice",
+        S.PRODUCT_ID: "StockCode",
+        S.PRODUCT_NAME: "Description",
+        S.QUANTITY: "Quantity",
+        S.EVENT_TIME: "InvoiceDate",
+        S.UNIT_PRICE: "Price",
+        S.CUSTOMER_ID: "Customer ID",
+        S.COUNTRY: "Country",
     },
     {S.EVENT_TYPE: S.PURCHASE},
 )
 ONLINE_RETAIL = Layout(
     "online_retail",
     {
-        S.INVOICE_ID: "InvoiceNo", S.PRODUCT_ID: "StockCode", S.PRODUCT_NAME: "Description",
-        S.QUANTITY: "Quantity", S.EVENT_TIME: "InvoiceDate", S.UNIT_PRICE: "UnitPrice",
-        S.CUSTOMER_ID: "CustomerID", S.COUNTRY: "Country",
+        S.INVOICE_ID: "InvoiceNo",
+        S.PRODUCT_ID: "StockCode",
+        S.PRODUCT_NAME: "Description",
+        S.QUANTITY: "Quantity",
+        S.EVENT_TIME: "InvoiceDate",
+        S.UNIT_PRICE: "UnitPrice",
+        S.CUSTOMER_ID: "CustomerID",
+        S.COUNTRY: "Country",
     },
     {S.EVENT_TYPE: S.PURCHASE},
 )
 REES46 = Layout(
     "rees46",
     {
-        S.EVENT_TIME: "event_time", S.EVENT_TYPE: "event_type", S.PRODUCT_ID: "product_id",
-        S.CATEGORY: "category_code", S.PRODUCT_NAME: "brand", S.UNIT_PRICE: "price",
-        S.CUSTOMER_ID: "user_id", S.INVOICE_ID: "user_session",
+        S.EVENT_TIME: "event_time",
+        S.EVENT_TYPE: "event_type",
+        S.PRODUCT_ID: "product_id",
+        S.CATEGORY: "category_code",
+        S.PRODUCT_NAME: "brand",
+        S.UNIT_PRICE: "price",
+        S.CUSTOMER_ID: "user_id",
+        S.INVOICE_ID: "user_session",
     },
     {S.QUANTITY: "1"},
 )
@@ -126,7 +141,9 @@ def detect_layout(
             )
         unmapped = [c for c in (S.PRODUCT_ID, S.UNIT_PRICE, S.EVENT_TIME) if c not in mapping]
         if unmapped:
-            raise InputError(f"ingest.column_mapping: required column {unmapped[0]!r} is not mapped")
+            raise InputError(
+                f"ingest.column_mapping: required column {unmapped[0]!r} is not mapped"
+            )
         defaults = {S.EVENT_TYPE: S.PURCHASE, S.QUANTITY: "1"}
         constants = {k: v for k, v in defaults.items() if k not in mapping}
         candidates: Iterable[Layout] = [Layout("custom", dict(mapping), constants)]
@@ -169,8 +186,10 @@ def list_source_files(spark: SparkSession, source: str) -> list[str]:
         if root.is_file():
             return [str(root)]
         found = sorted(
-            str(p) for p in root.rglob("*")
-            if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+            str(p)
+            for p in root.rglob("*")
+            if p.is_file()
+            and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
         )
     else:
         found = _list_hadoop(spark, source)
@@ -206,7 +225,9 @@ def inspect_file(spark: SparkSession, path: str, *, fmt: str, delimiter: str) ->
         try:
             columns = tuple(spark.read.parquet(path).columns)
         except Exception as exc:
-            raise InputError(f"{path}: not a readable Parquet file ({exc.__class__.__name__})") from None
+            raise InputError(
+                f"{path}: not a readable Parquet file ({exc.__class__.__name__})"
+            ) from None
         return SourceFile(path, "parquet", columns)
     header = _first_line(spark, path).lstrip("\ufeff")
     if not header.strip():
@@ -223,7 +244,7 @@ def _first_line(spark: SparkSession, path: str) -> str:
         row = spark.read.text(path).first()
         return row[0] if row else ""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
         return str(fh.readline()).rstrip("\r\n")
 
 
@@ -253,7 +274,10 @@ def read_source(spark: SparkSession, file: SourceFile, *, delimiter: str) -> Dat
         {"sep": delimiter, "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT},
     )
     return lines.select(F.col("value").alias(S.RAW), parsed.alias("p")).select(
-        *[F.col(f"p.{pos}").alias(name) for pos, name in zip(positional, file.columns, strict=True)],
+        *[
+            F.col(f"p.{pos}").alias(name)
+            for pos, name in zip(positional, file.columns, strict=True)
+        ],
         F.col(S.RAW),
         F.col(f"p.{_CORRUPT}").alias(_CORRUPT),
         F.lit(file.path).alias(S.SOURCE_FILE),
@@ -274,6 +298,7 @@ def to_canonical(
         timestamp_formats: Spark datetime patterns, tried in order.
         expected_fields: Number of fields a CSV line must have, for the reason text.
     """
+
     def src(canonical: str) -> Column:
         if canonical in layout.columns:
             return F.col(f"`{layout.columns[canonical]}`")
@@ -305,20 +330,29 @@ def to_canonical(
         return F.concat(F.lit(" ('"), F.coalesce(text(canonical), F.lit("")), F.lit("')"))
 
     reason = (
-        F.when(F.col(_CORRUPT).isNotNull(),
-               F.lit(f"malformed line: expected {expected_fields} fields"))
+        F.when(
+            F.col(_CORRUPT).isNotNull(), F.lit(f"malformed line: expected {expected_fields} fields")
+        )
         .when(text(S.PRODUCT_ID).isNull(), F.lit(f"{name(S.PRODUCT_ID)}: missing"))
         .when(text(S.EVENT_TIME).isNull(), F.lit(f"{name(S.EVENT_TIME)}: missing"))
-        .when(event_time.isNull(),
-              F.concat(F.lit(f"{name(S.EVENT_TIME)}: not a date"), shown(S.EVENT_TIME)))
-        .when(quantity.isNull(),
-              F.concat(F.lit(f"{name(S.QUANTITY)}: not an integer"), shown(S.QUANTITY)))
+        .when(
+            event_time.isNull(),
+            F.concat(F.lit(f"{name(S.EVENT_TIME)}: not a date"), shown(S.EVENT_TIME)),
+        )
+        .when(
+            quantity.isNull(),
+            F.concat(F.lit(f"{name(S.QUANTITY)}: not an integer"), shown(S.QUANTITY)),
+        )
         .when(quantity == 0, F.lit(f"{name(S.QUANTITY)}: zero"))
-        .when(price.isNull(),
-              F.concat(F.lit(f"{name(S.UNIT_PRICE)}: not a number"), shown(S.UNIT_PRICE)))
+        .when(
+            price.isNull(),
+            F.concat(F.lit(f"{name(S.UNIT_PRICE)}: not a number"), shown(S.UNIT_PRICE)),
+        )
         .when(price < 0, F.concat(F.lit(f"{name(S.UNIT_PRICE)}: negative"), shown(S.UNIT_PRICE)))
-        .when(~event_type.isin(*EVENT_TYPES) | event_type.isNull(),
-              F.concat(F.lit(f"{name(S.EVENT_TYPE)}: unknown event type"), shown(S.EVENT_TYPE)))
+        .when(
+            ~event_type.isin(*EVENT_TYPES) | event_type.isNull(),
+            F.concat(F.lit(f"{name(S.EVENT_TYPE)}: unknown event type"), shown(S.EVENT_TYPE)),
+        )
     )
     return df.select(
         text(S.INVOICE_ID).alias(S.INVOICE_ID),
@@ -368,8 +402,10 @@ def run(settings: Settings, spark: SparkSession, *, source: str | None = None) -
     ingested_at = F.current_timestamp()
     parts = [
         to_canonical(
-            read_source(spark, f, delimiter=cfg.delimiter), layout,
-            timestamp_formats=cfg.timestamp_formats, expected_fields=len(f.columns),
+            read_source(spark, f, delimiter=cfg.delimiter),
+            layout,
+            timestamp_formats=cfg.timestamp_formats,
+            expected_fields=len(f.columns),
         )
         for f, layout in zip(files, layouts, strict=True)
     ]
@@ -407,4 +443,3 @@ def run(settings: Settings, spark: SparkSession, *, source: str | None = None) -
         reasons=dict(sorted(quarantined.items(), key=lambda kv: -kv[1])),
         batch_id=batch_id,
     )
-

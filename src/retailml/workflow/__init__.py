@@ -57,22 +57,36 @@ def generate_data(settings: Settings, *, out: Path | None = None, force: bool = 
         if stored.get("params") == params:
             s = stored["summary"]
             return GenerateSummary(
-                out_dir=Path(s["out_dir"]), files=tuple(Path(f) for f in s["files"]),
-                ground_truth_dir=Path(s["ground_truth_dir"]), lines=s["lines"],
-                malformed_lines=s["malformed_lines"], invoices=s["invoices"],
-                customers=s["customers"], products=s["products"],
+                out_dir=Path(s["out_dir"]),
+                files=tuple(Path(f) for f in s["files"]),
+                ground_truth_dir=Path(s["ground_truth_dir"]),
+                lines=s["lines"],
+                malformed_lines=s["malformed_lines"],
+                invoices=s["invoices"],
+                customers=s["customers"],
+                products=s["products"],
             )
     g = settings.generate
     summary = generate(
-        folder, customers=g.customers, products=g.products, days=g.days,
-        start_date=g.start_date, seed=settings.seed, malformed_fraction=g.malformed_fraction,
-        guest_fraction=g.guest_fraction, return_fraction=g.return_fraction,
+        folder,
+        customers=g.customers,
+        products=g.products,
+        days=g.days,
+        start_date=g.start_date,
+        seed=settings.seed,
+        malformed_fraction=g.malformed_fraction,
+        guest_fraction=g.guest_fraction,
+        return_fraction=g.return_fraction,
     )
     stored_summary = {
-        "out_dir": str(summary.out_dir), "files": [str(f) for f in summary.files],
-        "ground_truth_dir": str(summary.ground_truth_dir), "lines": summary.lines,
-        "malformed_lines": summary.malformed_lines, "invoices": summary.invoices,
-        "customers": summary.customers, "products": summary.products,
+        "out_dir": str(summary.out_dir),
+        "files": [str(f) for f in summary.files],
+        "ground_truth_dir": str(summary.ground_truth_dir),
+        "lines": summary.lines,
+        "malformed_lines": summary.malformed_lines,
+        "invoices": summary.invoices,
+        "customers": summary.customers,
+        "products": summary.products,
     }
     marker.write_text(json.dumps({"params": params, "summary": stored_summary}, indent=2))
     return summary
@@ -127,7 +141,12 @@ def run_all(settings: Settings, spark: SparkSession, *, echo: Echo = print) -> d
 
     lake = Lakehouse(settings, spark)
     echo("tables:")
-    for name in ("bronze.transactions", "bronze.quarantine", "silver.transactions",
-                 "silver.products", "silver.customers"):
+    for name in (
+        "bronze.transactions",
+        "bronze.quarantine",
+        "silver.transactions",
+        "silver.products",
+        "silver.customers",
+    ):
         echo(f"  {name:<22} {lake.read(name).count():>10,} rows  {lake.location(name)}")
     return results
