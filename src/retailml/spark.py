@@ -68,8 +68,9 @@ def spark_conf(settings: Settings) -> SparkConf:
     conf = SparkConf(loadDefaults=False).setMaster(s.master).setAppName(s.app_name)
     if s.delta_package:
         conf.set("spark.jars.packages", s.delta_package)
-    if s.ivy_dir is not None:
-        conf.set("spark.jars.ivy", settings.path(s.ivy_dir))
+    # Always explicit: the JVM's default (user.home from the password database) can differ from
+    # $HOME, and then Spark would resolve into a folder this process does not check.
+    conf.set("spark.jars.ivy", str(ivy_dir(settings)))
     conf.set("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
     conf.set("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
     conf.set("spark.sql.adaptive.enabled", "true")
