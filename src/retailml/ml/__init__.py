@@ -1,0 +1,1 @@
+"""Shared ML pieces: metrics, MLflow tracking and the registry's champion gate."""

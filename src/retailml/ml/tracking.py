@@ -1,0 +1,37 @@
+"""MLflow set-up: one place that points MLflow at the configured store and experiments."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from retailml.settings import Settings
+
+
+def configure(settings: Settings) -> MlflowClient:
+    """Point MLflow at the settings' tracking and registry store; returns a client for it."""
+    # The sqlite store runs its schema migrations through alembic, which logs every step.
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.utils.requirements_utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    registry = settings.mlflow.registry_uri or uri
+    mlflow.set_registry_uri(registry)
+    return MlflowClient(tracking_uri=uri, registry_uri=registry)
+
+
+def experiment(settings: Settings, name: str) -> str:
+    """The id of experiment ``name``, created with the configured artifact root if new."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    root = settings.mlflow.artifact_root
+    if root is None and settings.tracking_uri.startswith("sqlite:"):
+        root = Path(settings.path("mlflow")).joinpath("artifacts").as_uri()
+    location = f"{root.rstrip('/')}/{name}" if root else None
+    return str(mlflow.create_experiment(name, artifact_location=location))
