@@ -65,6 +65,12 @@ TABLES: dict[str, TableSpec] = {
             "clean",
             "one row per known customer: first/last purchase, country, counts",
         ),
+        TableSpec(
+            "silver.customer_features",
+            S.CUSTOMER_FEATURES,
+            "features",
+            "point-in-time customer features per cutoff date, with the future purchase label",
+        ),
     )
 }
 

@@ -141,3 +141,42 @@ SILVER_CUSTOMERS = _fields(
     ("distinct_products", LongType(), False),
     ("total_spent", DoubleType(), False),
 )
+
+
+# Customer features (silver.customer_features): one row per customer and cutoff date.
+CUTOFF_DATE = "cutoff_date"
+SPLIT = "split"
+LABEL = "label"
+# Splits: stacked earlier cutoffs to train and tune on, the latest complete cutoff held out for
+# the final comparison, and the last date of the data (no label yet) to score.
+TRAIN = "train"
+HOLDOUT = "holdout"
+SCORE = "score"
+
+FEATURE_WINDOWS = (30, 90, 365)
+FEATURE_COLUMNS = (
+    "recency_days",
+    "tenure_days",
+    *[f"frequency_{w}" for w in FEATURE_WINDOWS],
+    "frequency_all",
+    *[f"monetary_{w}" for w in FEATURE_WINDOWS],
+    "monetary_all",
+    "avg_basket_value",
+    "avg_basket_size",
+    "distinct_products",
+    "distinct_categories",
+    "mean_days_between",
+    "std_days_between",
+    "trend_90",
+    "return_rate",
+    "views_30",
+    "carts_30",
+)
+
+CUSTOMER_FEATURES = _fields(
+    (CUSTOMER_ID, StringType(), False),
+    (CUTOFF_DATE, DateType(), False),
+    (SPLIT, StringType(), False),
+    *[(name, DoubleType(), False) for name in FEATURE_COLUMNS],
+    (LABEL, IntegerType(), True),
+)

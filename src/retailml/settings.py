@@ -119,6 +119,39 @@ class IngestSettings(_Section):
     )
 
 
+class FeatureSettings(_Section):
+    """Point-in-time features and the purchase label."""
+
+    horizon_days: int = Field(30, ge=1, description="Label: bought in [cutoff, cutoff + horizon).")
+    train_cutoffs: int = Field(
+        4, ge=1, description="How many earlier cutoffs to stack for training."
+    )
+    cutoff_spacing_days: int = Field(30, ge=1, description="Days between training cutoffs.")
+
+
+Family = Literal["logistic_regression", "random_forest", "gbt"]
+FAMILIES: tuple[Family, ...] = ("logistic_regression", "random_forest", "gbt")
+
+
+class TrainSettings(_Section):
+    """Model families, tuning and the champion gate of the propensity model."""
+
+    families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
+    gbt_implementation: Literal["xgboost", "mllib"] = Field(
+        "xgboost", description="xgboost.spark (faster) or MLlib's GBTClassifier."
+    )
+    folds: int = Field(3, ge=2, description="Cross-validation folds, grouped by customer.")
+    validation_split_above_rows: int = Field(
+        500_000, ge=1, description="Above this many training rows, TrainValidationSplit."
+    )
+    parallelism: int = Field(1, ge=1, description="Grid points fitted in parallel.")
+    promotion_margin: float = Field(
+        0.001, ge=0, description="ROC-AUC a challenger must gain over the champion."
+    )
+    experiment: str = "retailml-propensity"
+    model_name: str = "retailml-propensity"
+
+
 class Settings(_Section):
     """Everything a task needs to know; see the module docstring for where values come from."""
 
@@ -133,6 +166,8 @@ class Settings(_Section):
     mlflow: MlflowSettings = Field(default_factory=lambda: MlflowSettings())
     generate: GenerateSettings = Field(default_factory=lambda: GenerateSettings())
     ingest: IngestSettings = Field(default_factory=lambda: IngestSettings())
+    features: FeatureSettings = Field(default_factory=lambda: FeatureSettings())
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings())
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
