@@ -116,7 +116,7 @@ def generate(state: _State, out: Path | None, seed: int | None, **sizes: Any) ->
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(["ingest", "clean"]))
+@click.argument("name", type=click.Choice(["ingest", "clean", "features", "train"]))
 @click.option(
     "--source", help="ingest: a file or folder of CSV / Parquet (default: generated data)."
 )
@@ -134,7 +134,7 @@ def task(state: _State, name: str, source: str | None) -> None:
 @click.option("--source", help="A file or folder of CSV / Parquet (default: generate data).")
 @pass_state
 def run(state: _State, source: str | None) -> None:
-    """Run the whole workflow: generate (if no source) → ingest → clean."""
+    """Run the whole workflow: generate (if no source) → ingest → clean → features → train."""
     from retailml.workflow import run_all, session
 
     settings = state.settings(**({"ingest.source": source} if source else {}))

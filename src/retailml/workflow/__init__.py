@@ -20,7 +20,7 @@ from retailml.settings import Settings
 Echo = Callable[[str], Any]
 
 # The tasks in dependency order; later issues add features → train → score, recommend, report.
-TASK_ORDER = ("ingest", "clean")
+TASK_ORDER = ("ingest", "clean", "features", "train")
 
 
 @contextmanager
@@ -98,7 +98,7 @@ def run_task(name: str, settings: Settings, spark: SparkSession, *, echo: Echo =
     Returns:
         The task's result object.
     """
-    from retailml.stages import clean, ingest
+    from retailml.stages import clean, features, ingest, train
 
     started = time.monotonic()
     echo(f"{name} ...")
@@ -118,6 +118,37 @@ def run_task(name: str, settings: Settings, spark: SparkSession, *, echo: Echo =
             f"  silver.transactions {result.transactions:,} (dropped {result.duplicates_dropped:,}"
             f" duplicates; {result.returns:,} returns, {result.guest_rows:,} guest rows), "
             f"silver.products {result.products:,}, silver.customers {result.customers:,}"
+        )
+    elif name == "features":
+        result = features.run(settings, spark)
+        for split, dates in result.cutoffs.items():
+            rate = result.positive_rate.get(split)
+            shown = (
+                f", {rate:.1%} bought in the next {settings.features.horizon_days} days"
+                if rate is not None and split != "score"
+                else ""
+            )
+            echo(
+                f"  {split:<8} {result.rows.get(split, 0):>8,} rows at {', '.join(d.isoformat() for d in dates)}{shown}"
+            )
+    elif name == "train":
+        result = train.run(settings, spark)
+        echo(
+            f"  {result.train_rows:,} training rows, held-out cutoff {result.holdout_cutoff} ({result.holdout_rows:,} customers)"
+        )
+        echo(
+            f"  {'model':<22} {'ROC-AUC':>8} {'PR-AUC':>8} {'lift@10%':>9} {'Brier':>7} {'train s':>8}"
+        )
+        for r in result.families:
+            label = r.family if r.family != "gbt" else f"gbt ({r.implementation})"
+            echo(
+                f"  {label:<22} {r.holdout.roc_auc:>8.4f} {r.holdout.pr_auc:>8.4f} "
+                f"{r.holdout.lift_at_10:>9.2f} {r.holdout.brier:>7.4f} {r.train_seconds:>8.1f}"
+            )
+        d = result.decision
+        echo(
+            f"  challenger: {result.challenger} (version {d.challenger_version}); "
+            f"{'promoted to champion' if d.promoted else 'champion kept'}: {d.reason}"
         )
     else:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_ORDER)}")
