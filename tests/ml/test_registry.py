@@ -38,8 +38,15 @@ def test_gate_moves_the_alias_only_when_better(tmp_path: Path) -> None:
         versions.append(str(mlflow.register_model(f"runs:/{run_id}/model", "m").version))
 
     def gate(version: str, metric: float, champion: float | None) -> registry.GateDecision:
-        return registry.apply_gate(client, "m", challenger_version=version, challenger_metric=metric,
-                                   champion_metric=champion, metric="AUC", margin=0.001)
+        return registry.apply_gate(
+            client,
+            "m",
+            challenger_version=version,
+            challenger_metric=metric,
+            champion_metric=champion,
+            metric="AUC",
+            margin=0.001,
+        )
 
     assert gate(versions[0], 0.70, None).promoted
     assert registry.champion_version(client, "m") == versions[0]

@@ -23,7 +23,12 @@ class GateDecision:
 
 
 def decide(
-    challenger: float, champion: float | None, *, metric: str, margin: float, larger_is_better: bool = True
+    challenger: float,
+    champion: float | None,
+    *,
+    metric: str,
+    margin: float,
+    larger_is_better: bool = True,
 ) -> tuple[bool, str]:
     """Promote when there is no champion, or the challenger beats it by more than ``margin``.
 
@@ -61,13 +66,23 @@ def apply_gate(
     """Decide, move the alias if promoted, and tag the challenger version with the decision."""
     current = champion_version(client, model_name)
     promoted, reason = decide(
-        challenger_metric, champion_metric if current else None,
-        metric=metric, margin=margin, larger_is_better=larger_is_better,
+        challenger_metric,
+        champion_metric if current else None,
+        metric=metric,
+        margin=margin,
+        larger_is_better=larger_is_better,
     )
     if promoted:
         client.set_registered_model_alias(model_name, CHAMPION, challenger_version)
-    client.set_model_version_tag(model_name, challenger_version, "gate_decision",
-                                 "promoted" if promoted else "kept champion")
+    client.set_model_version_tag(
+        model_name, challenger_version, "gate_decision", "promoted" if promoted else "kept champion"
+    )
     client.set_model_version_tag(model_name, challenger_version, "gate_reason", reason)
-    return GateDecision(promoted, reason, challenger_version, current, challenger_metric,
-                        champion_metric if current else None)
+    return GateDecision(
+        promoted,
+        reason,
+        challenger_version,
+        current,
+        challenger_metric,
+        champion_metric if current else None,
+    )

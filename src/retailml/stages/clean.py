@@ -52,6 +52,13 @@ class CleanResult:
     products: int
     customers: int
 
+    def summary(self) -> list[str]:
+        return [
+            f"silver.transactions {self.transactions:,} (dropped {self.duplicates_dropped:,} "
+            f"duplicates; {self.returns:,} returns, {self.guest_rows:,} guest rows), "
+            f"silver.products {self.products:,}, silver.customers {self.customers:,}"
+        ]
+
 
 def clean_transactions(bronze: DataFrame) -> DataFrame:
     """Typed, de-duplicated transactions with returns and guests flagged (see module docstring)."""

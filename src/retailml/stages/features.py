@@ -107,6 +107,15 @@ class FeaturesResult:
     rows: dict[str, int]
     positive_rate: dict[str, float]
 
+    def summary(self) -> list[str]:
+        lines = []
+        for split, dates in self.cutoffs.items():
+            at = ", ".join(d.isoformat() for d in dates)
+            rate = self.positive_rate.get(split)
+            bought = f"; label rate {rate:.1%}" if rate is not None and split != S.SCORE else ""
+            lines.append(f"{split:<8} {self.rows.get(split, 0):>8,} rows at {at}{bought}")
+        return lines
+
 
 def cutoff_dates(
     last_date: date,

@@ -117,6 +117,13 @@ class IngestResult:
     reasons: dict[str, int]
     batch_id: str
 
+    def summary(self) -> list[str]:
+        lines = [
+            f"{self.files} files, {self.input_rows:,} input rows → bronze.transactions "
+            f"{self.bronze_rows:,} + bronze.quarantine {self.quarantine_rows:,}"
+        ]
+        return lines + [f"  quarantined {n:>8,}  {reason}" for reason, n in self.reasons.items()]
+
 
 def detect_layout(
     columns: Sequence[str], *, source: str, mapping: dict[str, str] | None = None

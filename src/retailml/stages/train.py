@@ -67,6 +67,27 @@ class TrainResult:
     train_rows: int
     holdout_rows: int
 
+    def summary(self) -> list[str]:
+        lines = [
+            f"{self.train_rows:,} training rows; held-out cutoff {self.holdout_cutoff} "
+            f"({self.holdout_rows:,} customers)",
+            f"{'model':<22} {'ROC-AUC':>8} {'PR-AUC':>8} {'lift@10%':>9} {'Brier':>7} "
+            f"{'train s':>8}",
+        ]
+        for r in self.families:
+            name = r.family if r.family != "gbt" else f"gbt ({r.implementation})"
+            m = r.holdout
+            lines.append(
+                f"{name:<22} {m.roc_auc:>8.4f} {m.pr_auc:>8.4f} {m.lift_at_10:>9.2f} "
+                f"{m.brier:>7.4f} {r.train_seconds:>8.1f}"
+            )
+        d = self.decision
+        verdict = "promoted to champion" if d.promoted else "champion kept"
+        lines.append(
+            f"challenger: {self.challenger} (version {d.challenger_version}), {verdict}: {d.reason}"
+        )
+        return lines
+
 
 def with_class_weights(df: DataFrame, *, positive_rate: float) -> DataFrame:
     """Balanced instance weights: each class carries half of the total weight."""
@@ -217,7 +238,7 @@ def _pip_requirements(implementation: str) -> list[str]:
 def train_family(
     family: str, train: DataFrame, holdout: DataFrame, *, settings: Settings, train_rows: int
 ) -> FamilyResult:
-    """Tune one family on ``train``, measure it on ``holdout``, log it all to an MLflow child run."""
+    """Tune one family on ``train``, measure it on ``holdout``, log it to an MLflow child run."""
     implementation = settings.train.gbt_implementation if family == "gbt" else "mllib"
     pipe, grid = estimator(family, implementation=implementation, seed=settings.seed)
     tuner = _tuner(pipe, grid, rows=train_rows, settings=settings)

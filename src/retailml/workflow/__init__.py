@@ -92,66 +92,26 @@ def generate_data(settings: Settings, *, out: Path | None = None, force: bool = 
     return summary
 
 
+def _tasks() -> dict[str, Callable[[Settings, SparkSession], Any]]:
+    from retailml.stages import clean, features, ingest, train
+
+    return {"ingest": ingest.run, "clean": clean.run, "features": features.run, "train": train.run}
+
+
 def run_task(name: str, settings: Settings, spark: SparkSession, *, echo: Echo = print) -> Any:
-    """Run one task by name and print what it did.
+    """Run one task by name and print what it did (each result knows its own summary lines).
 
     Returns:
         The task's result object.
     """
-    from retailml.stages import clean, features, ingest, train
-
+    tasks = _tasks()
+    if name not in tasks:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_ORDER)}")
     started = time.monotonic()
     echo(f"{name} ...")
-    result: Any
-    if name == "ingest":
-        result = ingest.run(settings, spark)
-        echo(
-            f"  {result.files} files, {result.input_rows:,} input rows → "
-            f"bronze.transactions {result.bronze_rows:,} + bronze.quarantine "
-            f"{result.quarantine_rows:,}"
-        )
-        for reason, count in result.reasons.items():
-            echo(f"    quarantined {count:>8,}  {reason}")
-    elif name == "clean":
-        result = clean.run(settings, spark)
-        echo(
-            f"  silver.transactions {result.transactions:,} (dropped {result.duplicates_dropped:,}"
-            f" duplicates; {result.returns:,} returns, {result.guest_rows:,} guest rows), "
-            f"silver.products {result.products:,}, silver.customers {result.customers:,}"
-        )
-    elif name == "features":
-        result = features.run(settings, spark)
-        for split, dates in result.cutoffs.items():
-            rate = result.positive_rate.get(split)
-            shown = (
-                f", {rate:.1%} bought in the next {settings.features.horizon_days} days"
-                if rate is not None and split != "score"
-                else ""
-            )
-            echo(
-                f"  {split:<8} {result.rows.get(split, 0):>8,} rows at {', '.join(d.isoformat() for d in dates)}{shown}"
-            )
-    elif name == "train":
-        result = train.run(settings, spark)
-        echo(
-            f"  {result.train_rows:,} training rows, held-out cutoff {result.holdout_cutoff} ({result.holdout_rows:,} customers)"
-        )
-        echo(
-            f"  {'model':<22} {'ROC-AUC':>8} {'PR-AUC':>8} {'lift@10%':>9} {'Brier':>7} {'train s':>8}"
-        )
-        for r in result.families:
-            label = r.family if r.family != "gbt" else f"gbt ({r.implementation})"
-            echo(
-                f"  {label:<22} {r.holdout.roc_auc:>8.4f} {r.holdout.pr_auc:>8.4f} "
-                f"{r.holdout.lift_at_10:>9.2f} {r.holdout.brier:>7.4f} {r.train_seconds:>8.1f}"
-            )
-        d = result.decision
-        echo(
-            f"  challenger: {result.challenger} (version {d.challenger_version}); "
-            f"{'promoted to champion' if d.promoted else 'champion kept'}: {d.reason}"
-        )
-    else:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_ORDER)}")
+    result = tasks[name](settings, spark)
+    for line in result.summary():
+        echo(f"  {line}")
     echo(f"{name} done in {time.monotonic() - started:.1f} s")
     return result
 
