@@ -96,8 +96,12 @@ def test_generate_command(in_tmp: Path) -> None:
 def test_run_end_to_end_on_generated_data(
     in_tmp: Path, spark: SparkSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key, value in {"CUSTOMERS": "150", "PRODUCTS": "60", "DAYS": "120"}.items():
+    for key, value in {"CUSTOMERS": "150", "PRODUCTS": "60", "DAYS": "240"}.items():
         monkeypatch.setenv(f"RETAILML_GENERATE_{key}", value)
+    # Keep training cheap: the families are tested in tests/stages/test_train.py.
+    monkeypatch.setenv("RETAILML_FEATURES_TRAIN_CUTOFFS", "2")
+    monkeypatch.setenv("RETAILML_TRAIN_FAMILIES", '["logistic_regression"]')
+    monkeypatch.setenv("RETAILML_TRAIN_FOLDS", "2")
     result = CliRunner().invoke(cli, ["run"])
     assert result.exit_code == 0, result.output
     assert "generated lines" in result.output
@@ -113,12 +117,22 @@ def test_run_end_to_end_on_generated_data(
     generated = int(result.output.split("data: ")[1].split()[0].replace(",", ""))
     assert counts["bronze.transactions"] + counts["bronze.quarantine"] == generated
     assert 0 < counts["silver.transactions"] <= counts["bronze.transactions"]
-    for layer, table in [("bronze", "transactions"), ("silver", "customers")]:
+    for layer, table in [
+        ("bronze", "transactions"),
+        ("silver", "customers"),
+        ("silver", "customer_features"),
+    ]:
         assert (in_tmp / "lakehouse" / layer / table / "_delta_log").is_dir()
+    assert "logistic_regression" in result.output and "promoted to champion" in result.output
+    assert (in_tmp / "mlflow" / "mlflow.db").is_file()
 
     # A second run reuses the data and leaves the same tables (no duplicates).
     again = CliRunner().invoke(cli, ["run"])
     assert again.exit_code == 0, again.output
-    assert again.output.split("tables:")[1] == result.output.split("tables:")[1]
+    def tables(output: str) -> str:
+        return output.split("tables:")[1].split("MLflow:")[0]
+
+    assert tables(again.output) == tables(result.output)
+    assert "champion kept" in again.output
     listing = CliRunner().invoke(cli, ["tables"])
     assert f"{counts['silver.transactions']:,}" in listing.output

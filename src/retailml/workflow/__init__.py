@@ -128,16 +128,14 @@ def run_all(settings: Settings, spark: SparkSession, *, echo: Echo = print) -> d
         )
     for name in TASK_ORDER:
         results[name] = run_task(name, settings, spark, echo=echo)
-    from retailml.lakehouse import Lakehouse
+    from retailml.lakehouse import TABLES, Lakehouse
 
     lake = Lakehouse(settings, spark)
     echo("tables:")
-    for name in (
-        "bronze.transactions",
-        "bronze.quarantine",
-        "silver.transactions",
-        "silver.products",
-        "silver.customers",
-    ):
-        echo(f"  {name:<22} {lake.read(name).count():>10,} rows  {lake.location(name)}")
+    for name in TABLES:
+        if lake.exists(name):
+            echo(f"  {name:<25} {lake.read(name).count():>10,} rows  {lake.location(name)}")
+    echo(
+        f"MLflow: {settings.tracking_uri} (browse with `mlflow ui --backend-store-uri {settings.tracking_uri}`)"
+    )
     return results
