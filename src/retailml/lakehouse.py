@@ -71,6 +71,24 @@ TABLES: dict[str, TableSpec] = {
             "features",
             "point-in-time customer features per cutoff date, with the future purchase label",
         ),
+        TableSpec(
+            "gold.purchase_propensity",
+            S.PURCHASE_PROPENSITY,
+            "score",
+            "every customer's purchase probability, decile and rank per as-of date",
+        ),
+        TableSpec(
+            "gold.top_buyers",
+            S.TOP_BUYERS,
+            "score",
+            "the top predicted buyers at the latest as-of date, with their key facts",
+        ),
+        TableSpec(
+            "gold.recommendations",
+            S.RECOMMENDATIONS,
+            "recommend",
+            "top-k products per customer (ALS, or the popularity fallback) per as-of date",
+        ),
     )
 }
 

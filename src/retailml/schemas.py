@@ -180,3 +180,52 @@ CUSTOMER_FEATURES = _fields(
     *[(name, DoubleType(), False) for name in FEATURE_COLUMNS],
     (LABEL, IntegerType(), True),
 )
+
+
+# Gold: scores and recommendations a business reads.
+AS_OF_DATE = "as_of_date"
+PROBABILITY = "probability"
+DECILE = "decile"
+RANK = "rank"
+MODEL_NAME = "model_name"
+MODEL_VERSION = "model_version"
+SCORED_AT = "scored_at"
+SCORE_VALUE = "score"
+SOURCE = "source"
+# Where a recommendation came from: the ALS model, or the popularity fallback.
+SOURCE_ALS = "als"
+SOURCE_POPULAR = "popular"
+
+PURCHASE_PROPENSITY = _fields(
+    (CUSTOMER_ID, StringType(), False),
+    (AS_OF_DATE, DateType(), False),
+    (PROBABILITY, DoubleType(), False),
+    (DECILE, IntegerType(), False),
+    (RANK, IntegerType(), False),
+    (MODEL_NAME, StringType(), False),
+    (MODEL_VERSION, StringType(), False),
+    (SCORED_AT, TimestampType(), False),
+)
+
+TOP_BUYERS = _fields(
+    (RANK, IntegerType(), False),
+    (CUSTOMER_ID, StringType(), False),
+    (PROBABILITY, DoubleType(), False),
+    ("recency_days", DoubleType(), False),
+    ("frequency_all", DoubleType(), False),
+    ("monetary_all", DoubleType(), False),
+    (COUNTRY, StringType(), True),
+    (AS_OF_DATE, DateType(), False),
+    (MODEL_VERSION, StringType(), False),
+)
+
+RECOMMENDATIONS = _fields(
+    (CUSTOMER_ID, StringType(), False),
+    (RANK, IntegerType(), False),
+    (PRODUCT_ID, StringType(), False),
+    (PRODUCT_NAME, StringType(), True),
+    (SCORE_VALUE, DoubleType(), False),
+    (SOURCE, StringType(), False),
+    (MODEL_VERSION, StringType(), True),
+    (AS_OF_DATE, DateType(), False),
+)

@@ -152,6 +152,28 @@ class TrainSettings(_Section):
     model_name: str = "retailml-propensity"
 
 
+class ScoreSettings(_Section):
+    """Batch scoring with the champion."""
+
+    top_n: int = Field(100, ge=1, description="Rows of gold.top_buyers.")
+
+
+class RecommendSettings(_Section):
+    """The implicit-feedback ALS recommender."""
+
+    k: int = Field(5, ge=1, description="Recommendations per customer.")
+    exclude_purchased: bool = Field(True, description="Never recommend what was bought before.")
+    eval_days: int = Field(30, ge=1, description="Evaluation window after the cutoff.")
+    popular_days: int = Field(90, ge=1, description="Recent window for the popularity fallback.")
+    ranks: list[int] = Field(default_factory=lambda: [10, 30], min_length=1)
+    reg_params: list[float] = Field(default_factory=lambda: [0.05, 0.2], min_length=1)
+    alphas: list[float] = Field(default_factory=lambda: [5.0, 20.0], min_length=1)
+    max_iter: int = Field(10, ge=1)
+    promotion_margin: float = Field(0.001, ge=0, description="NDCG@k gain to replace the champion.")
+    experiment: str = "retailml-recommendations"
+    model_name: str = "retailml-recommender"
+
+
 class Settings(_Section):
     """Everything a task needs to know; see the module docstring for where values come from."""
 
@@ -168,6 +190,8 @@ class Settings(_Section):
     ingest: IngestSettings = Field(default_factory=lambda: IngestSettings())
     features: FeatureSettings = Field(default_factory=lambda: FeatureSettings())
     train: TrainSettings = Field(default_factory=lambda: TrainSettings())
+    score: ScoreSettings = Field(default_factory=lambda: ScoreSettings())
+    recommend: RecommendSettings = Field(default_factory=lambda: RecommendSettings())
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -135,7 +135,6 @@ def run_all(settings: Settings, spark: SparkSession, *, echo: Echo = print) -> d
     for name in TABLES:
         if lake.exists(name):
             echo(f"  {name:<25} {lake.read(name).count():>10,} rows  {lake.location(name)}")
-    echo(
-        f"MLflow: {settings.tracking_uri} (browse with `mlflow ui --backend-store-uri {settings.tracking_uri}`)"
-    )
+    uri = settings.tracking_uri
+    echo(f"MLflow: {uri} (browse with `mlflow ui --backend-store-uri {uri}`)")
     return results
