@@ -13,6 +13,7 @@ import click
 
 from retailml.errors import RetailmlError
 from retailml.settings import Settings, load_settings
+from retailml.workflow import TASK_ORDER
 
 
 @dataclasses.dataclass
@@ -116,7 +117,7 @@ def generate(state: _State, out: Path | None, seed: int | None, **sizes: Any) ->
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(["ingest", "clean", "features", "train"]))
+@click.argument("name", type=click.Choice(list(TASK_ORDER)))
 @click.option(
     "--source", help="ingest: a file or folder of CSV / Parquet (default: generated data)."
 )
@@ -134,7 +135,7 @@ def task(state: _State, name: str, source: str | None) -> None:
 @click.option("--source", help="A file or folder of CSV / Parquet (default: generate data).")
 @pass_state
 def run(state: _State, source: str | None) -> None:
-    """Run the whole workflow: generate (if no source) → ingest → clean → features → train."""
+    """Run the whole workflow: generate (if no source), then every task in order."""
     from retailml.workflow import run_all, session
 
     settings = state.settings(**({"ingest.source": source} if source else {}))
@@ -166,6 +167,20 @@ def tables(state: _State) -> None:
             else:
                 rows.append((name, "-", "-", "not written yet"))
         _echo_table(rows)
+
+
+@cli.command()
+@click.argument("customer_id")
+@pass_state
+def customer(state: _State, customer_id: str) -> None:
+    """Show a customer's purchase propensity and recommendations (from the gold tables)."""
+    from retailml.lookup import customer_card
+    from retailml.workflow import session
+
+    settings = state.settings()
+    with session(settings) as spark:
+        for line in customer_card(settings, spark, customer_id):
+            click.echo(line)
 
 
 @cli.command("fetch-jars")

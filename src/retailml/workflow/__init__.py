@@ -20,7 +20,7 @@ from retailml.settings import Settings
 Echo = Callable[[str], Any]
 
 # The tasks in dependency order; later issues add features → train → score, recommend, report.
-TASK_ORDER = ("ingest", "clean", "features", "train")
+TASK_ORDER = ("ingest", "clean", "features", "train", "score")
 
 
 @contextmanager
@@ -93,9 +93,15 @@ def generate_data(settings: Settings, *, out: Path | None = None, force: bool = 
 
 
 def _tasks() -> dict[str, Callable[[Settings, SparkSession], Any]]:
-    from retailml.stages import clean, features, ingest, train
+    from retailml.stages import clean, features, ingest, score, train
 
-    return {"ingest": ingest.run, "clean": clean.run, "features": features.run, "train": train.run}
+    return {
+        "ingest": ingest.run,
+        "clean": clean.run,
+        "features": features.run,
+        "train": train.run,
+        "score": score.run,
+    }
 
 
 def run_task(name: str, settings: Settings, spark: SparkSession, *, echo: Echo = print) -> Any:

@@ -1,0 +1,148 @@
+"""Score: the registry's champion scores every customer at the latest cutoff.
+
+The model is always loaded through the alias (``models:/retailml-propensity@champion``), never
+from a training run, so what runs here is exactly what the gate promoted. Writes
+``gold.purchase_propensity`` (history: re-scoring an as-of date replaces that date's rows) and
+``gold.top_buyers`` (the top N of the latest as-of date, with their key facts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import mlflow
+import mlflow.spark
+from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from retailml import schemas as S
+from retailml.errors import RetailmlError
+from retailml.lakehouse import Lakehouse
+from retailml.ml import registry, tracking
+from retailml.settings import Settings
+from retailml.stages.train import SCORE, score_column
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What the scoring run wrote."""
+
+    as_of: date
+    model_version: str
+    customers: int
+    top: list[tuple[int, str, float]]  # (rank, customer, probability) of the first rows
+
+    def summary(self) -> list[str]:
+        lines = [
+            f"scored {self.customers:,} customers as of {self.as_of} with "
+            f"champion version {self.model_version}",
+            "top predicted buyers:",
+            f"  {'rank':>4}  {'customer':<12} {'probability':>11}",
+        ]
+        return lines + [f"  {r:>4}  {c:<12} {p:>11.3f}" for r, c, p in self.top]
+
+
+def score_customers(
+    model: PipelineModel, features: DataFrame, *, model_name: str, model_version: str
+) -> DataFrame:
+    """Probability, rank (1 = most likely to buy) and decile (1 = top 10%) for every row.
+
+    Ties in probability are broken by customer id, so ranks are reproducible.
+    """
+    scored = score_column(model.transform(features)).select(
+        S.CUSTOMER_ID, F.col(S.CUTOFF_DATE).alias(S.AS_OF_DATE), F.col(SCORE).alias(S.PROBABILITY)
+    )
+    # One ordering over all customers of one as-of date: a single-partition sort of two
+    # columns, which stays cheap up to millions of customers.
+    order = Window.partitionBy(S.AS_OF_DATE).orderBy(F.col(S.PROBABILITY).desc(), S.CUSTOMER_ID)
+    total = Window.partitionBy(S.AS_OF_DATE)
+    ranked = scored.withColumn(S.RANK, F.row_number().over(order)).withColumn(
+        "n", F.count(F.lit(1)).over(total)
+    )
+    return ranked.select(
+        S.CUSTOMER_ID,
+        S.AS_OF_DATE,
+        S.PROBABILITY,
+        (F.floor((F.col(S.RANK) - 1) * 10 / F.col("n")) + 1).cast("int").alias(S.DECILE),
+        S.RANK,
+        F.lit(model_name).alias(S.MODEL_NAME),
+        F.lit(model_version).alias(S.MODEL_VERSION),
+        F.current_timestamp().alias(S.SCORED_AT),
+    )
+
+
+def top_buyers(
+    propensity: DataFrame, features: DataFrame, customers: DataFrame, *, n: int
+) -> DataFrame:
+    """The ``n`` best-ranked customers with recency, frequency, monetary value and country."""
+    facts = features.select(
+        S.CUSTOMER_ID,
+        F.col(S.CUTOFF_DATE).alias(S.AS_OF_DATE),
+        "recency_days",
+        "frequency_all",
+        "monetary_all",
+    )
+    return (
+        propensity.where(F.col(S.RANK) <= n)
+        .join(facts, [S.CUSTOMER_ID, S.AS_OF_DATE])
+        .join(customers.select(S.CUSTOMER_ID, S.COUNTRY), S.CUSTOMER_ID, "left")
+        .select(
+            S.RANK,
+            S.CUSTOMER_ID,
+            S.PROBABILITY,
+            "recency_days",
+            "frequency_all",
+            "monetary_all",
+            S.COUNTRY,
+            S.AS_OF_DATE,
+            S.MODEL_VERSION,
+        )
+    )
+
+
+def load_champion(settings: Settings) -> tuple[PipelineModel, str]:
+    """The champion model and its version, loaded through the registry alias.
+
+    Raises:
+        RetailmlError: There is no champion yet.
+    """
+    client = tracking.configure(settings)
+    name = settings.train.model_name
+    version = registry.champion_version(client, name)
+    if version is None:
+        raise RetailmlError(
+            f"no '{registry.CHAMPION}' model '{name}' in the registry at "
+            f"{settings.tracking_uri}; run `retailml task train` first"
+        )
+    return mlflow.spark.load_model(f"models:/{name}@{registry.CHAMPION}"), version
+
+
+def run(settings: Settings, spark: SparkSession) -> ScoreResult:
+    """Score the latest cutoff with the champion and write the gold tables."""
+    lake = Lakehouse(settings, spark)
+    features = lake.read("silver.customer_features").where(F.col(S.SPLIT) == S.SCORE)
+    model, version = load_champion(settings)
+    row = features.agg(F.max(S.CUTOFF_DATE)).first()
+    if row is None or row[0] is None:
+        raise RetailmlError(
+            "silver.customer_features has no scoring rows; run `retailml task features`"
+        )
+    as_of: date = row[0]
+    features = features.where(F.col(S.CUTOFF_DATE) == F.lit(as_of))
+    propensity = score_customers(
+        model, features, model_name=settings.train.model_name, model_version=version
+    )
+    lake.replace_where("gold.purchase_propensity", propensity, f"{S.AS_OF_DATE} = '{as_of}'")
+
+    written = lake.read("gold.purchase_propensity").where(F.col(S.AS_OF_DATE) == F.lit(as_of))
+    lake.overwrite(
+        "gold.top_buyers",
+        top_buyers(written, features, lake.read("silver.customers"), n=settings.score.top_n),
+    )
+    top = [
+        (int(r[S.RANK]), str(r[S.CUSTOMER_ID]), float(r[S.PROBABILITY]))
+        for r in lake.read("gold.top_buyers").orderBy(S.RANK).limit(10).collect()
+    ]
+    return ScoreResult(as_of=as_of, model_version=version, customers=written.count(), top=top)
