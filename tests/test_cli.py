@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ COMMANDS = [[], ["generate"], ["task"], ["run"], ["tables"], ["fetch-jars"]]
 @pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    for name in list(__import__("os").environ):
-        if name.startswith("RETAILML_"):
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, so an earlier test's store would
+    # leak into the settings of a command run here.
+    for name in list(os.environ):
+        if name.startswith("RETAILML_") or name == "MLFLOW_TRACKING_URI":
             monkeypatch.delenv(name)
     return tmp_path
 
@@ -129,6 +132,7 @@ def test_run_end_to_end_on_generated_data(
     # A second run reuses the data and leaves the same tables (no duplicates).
     again = CliRunner().invoke(cli, ["run"])
     assert again.exit_code == 0, again.output
+
     def tables(output: str) -> str:
         return output.split("tables:")[1].split("MLflow:")[0]
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import date
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_scores_through_the_alias_idempotently(
     assert sorted(r.rank for r in gold) == list(range(1, 41))
     assert {r.model_version for r in gold} == {version}  # loaded through the alias
     by_rank = sorted(gold, key=lambda r: r.rank)
-    assert all(a.probability >= b.probability for a, b in zip(by_rank, by_rank[1:], strict=False))
+    assert all(a.probability >= b.probability for a, b in itertools.pairwise(by_rank))
     assert [r.decile for r in by_rank] == [d for d in range(1, 11) for _ in range(4)]
 
     # Re-scoring the same as-of date replaces its rows; other dates stay as history.
@@ -117,5 +118,5 @@ def test_scores_through_the_alias_idempotently(
     card = customer_card(settings, spark, by_rank[0].customer_id)
     assert card[0].startswith(f"customer {by_rank[0].customer_id} as of {AS_OF}")
     assert "rank 1 " in card[0] and "decile 1" in card[0]
-    with pytest.raises(RetailmlError, match="not in gold.purchase_propensity"):
+    with pytest.raises(RetailmlError, match=r"not in gold\.purchase_propensity"):
         customer_card(settings, spark, "nobody")
