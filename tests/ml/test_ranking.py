@@ -5,9 +5,10 @@ import random
 
 import pytest
 from pyspark.mllib.evaluation import RankingMetrics as MllibRankingMetrics
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from retailml.ml.ranking import ranking_metrics
+from retailml.ml.ranking import ranking_metrics, ranking_metrics_by
 
 REC_SCHEMA = "customer_id string, product_id string, rank int"
 REL_SCHEMA = "customer_id string, product_id string"
@@ -107,3 +108,28 @@ def test_bad_input_is_named(spark: SparkSession) -> None:
         ranking_metrics(recommended, relevant, k=3, catalog_size=4)
     with pytest.raises(ValueError, match="k must be at least 1"):
         ranking_metrics(recommended, relevant, k=0, catalog_size=4)
+
+
+def test_grouped_metrics_match_separate_calls(spark: SparkSession) -> None:
+    recommended = spark.createDataFrame(
+        [("u1", "a", 1), ("u1", "b", 2), ("u2", "c", 1), ("u2", "d", 2)], REC_SCHEMA
+    )
+    relevant = spark.createDataFrame([("u1", "b"), ("u2", "c"), ("u2", "x")], REL_SCHEMA)
+    new_recs = recommended.where("product_id != 'b'")  # e.g. with bought products excluded
+    new_rel = relevant.where("customer_id = 'u2'")
+
+    def tagged(df: DataFrame, group: str) -> DataFrame:
+        return df.withColumn("mode", F.lit(group))
+
+    grouped = ranking_metrics_by(
+        tagged(recommended, "all").unionByName(tagged(new_recs, "new")),
+        tagged(relevant, "all").unionByName(tagged(new_rel, "new")),
+        group_col="mode",
+        k=2,
+        catalog_size=5,
+    )
+    assert grouped == {
+        "all": ranking_metrics(recommended, relevant, k=2, catalog_size=5),
+        "new": ranking_metrics(new_recs, new_rel, k=2, catalog_size=5),
+    }
+    assert grouped["new"].users == 1 and grouped["all"].users == 2

@@ -1,0 +1,1017 @@
+"""Recommend: implicit-feedback ALS on purchase history → ``gold.recommendations``.
+
+**Interactions** (:func:`interactions`). Known customers' purchase and return lines (guests
+have no id to recommend to) become one row per customer and product with the rating
+``log1p(purchase lines × share of the bought units that were kept)``: how often a customer
+bought a product, discounted by what they sent back (bought 10 units, returned 1 → 0.9 of the
+lines count; everything returned → 0, and the row is dropped). Lines rather than units, so a
+wholesale order of 500 pieces does not outweigh a product bought every month.
+
+**Evaluation** is on time, never on a random split. The as-of date is the day after the last
+event; the evaluation cutoff lies ``eval_days`` before it. ALS is fitted on the interactions
+before the cutoff and measured against what customers bought in ``[cutoff, as_of)``, for the
+customers who had bought something before the cutoff (a customer without history is the
+fallback's job, whichever model is evaluated). Two modes:
+
+- ``all``: against everything bought in the window, repeat purchases included, with
+  recommendations that may contain products bought before;
+- ``new``: against the products new to the customer, with recommendations that exclude
+  everything bought before the cutoff.
+
+The repeat share (window customer × product pairs the customer had bought before) says which
+mode describes the business. The popularity baseline is measured the same way. The grid
+(``ranks × reg_params × alphas``) is tuned on NDCG@k of the mode that matches
+``exclude_purchased``.
+
+**Candidates.** ALS returns the top ``k + n`` products per customer, where ``n`` is the most
+distinct products any scored customer has bought (one small aggregation per call, capped at
+:data:`MAX_EXTRA_CANDIDATES`), so that ``k`` survive excluding what was bought. They are
+exploded, filtered and ranked with ``row_number`` over a window per customer (score
+descending, product id on ties); no per-customer data reaches the driver.
+
+**Fallback** (:func:`recommend_customers`). Every customer gets exactly ``k`` rows: first the
+customer's ALS recommendations, then the popularity ranking (distinct buyers in the last
+``popular_days``; the customer's country first when that country had at least ``k`` products
+bought, then the global ranking), skipping products already recommended and, when excluding,
+already bought. ``source`` says which; ranks run 1..k without gaps (the ALS rows keep their
+ranks 1..a, the fill continues at a + 1). ``score`` is the ALS score, or for a popular row the
+share of recent buyers (of the country, or of all) who bought the product. A customer can get
+fewer than ``k`` rows only by having bought more than :data:`MAX_EXTRA_CANDIDATES` products,
+or from a catalogue too small to fill the list.
+
+**Registry.** The final model (the two ``StringIndexer`` models and ``ALSModel`` in one
+``PipelineModel``, so it maps indices back to ids by itself) is fitted on all history, logged
+and registered; the champion gate compares the tuned NDCG@k with the champion's recorded
+``eval_ndcg_at_k`` when the champion was evaluated on the same cutoff, mode and k. A champion
+measured on another cutoff is not comparable (its final model has seen the current evaluation
+window), so the challenger, fitted on newer data, replaces it. The rows are written by the
+champion after the gate: the new model when promoted, else the champion loaded through its
+alias — so re-running with nothing changed writes the same rows. ``model_version`` on every
+row, popular ones included, is the version that produced the list.
+
+The write replaces the as-of date's rows of ``gold.recommendations`` (idempotent per date).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import mlflow
+import mlflow.spark
+from mlflow.tracking import MlflowClient
+from pyspark import StorageLevel
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import IndexToString, StringIndexer, StringIndexerModel
+from pyspark.ml.recommendation import ALS, ALSModel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from retailml import schemas as S
+from retailml.errors import InputError, RetailmlError
+from retailml.lakehouse import Lakehouse
+from retailml.ml import registry, tracking
+from retailml.ml.ranking import RankingMetrics, ranking_metrics_by
+from retailml.settings import Settings
+
+REQUIRED_COLUMNS = (
+    S.TRANSACTION_ID,
+    S.INVOICE_ID,
+    S.CUSTOMER_ID,
+    S.PRODUCT_ID,
+    S.QUANTITY,
+    S.EVENT_DATE,
+    S.EVENT_TYPE,
+    S.IS_GUEST,
+    S.COUNTRY,
+)
+
+# Interaction and model columns.
+USER = "user_idx"
+ITEM = "item_idx"
+RATING = "rating"
+PURCHASES = "purchases"
+RETURNS = "returns"
+NET_QUANTITY = "net_quantity"
+# The popularity ranking.
+POSITION = "position"
+BUYERS = "buyers"
+
+ALL, NEW = "all", "new"
+MODES = (ALL, NEW)
+ALS_MODEL, POPULAR_MODEL = "als", "popular"
+METRIC_PREFIX = {ALS_MODEL: "als", POPULAR_MODEL: "pop"}
+
+# At most this many candidates beyond k per customer, to survive excluding bought products.
+MAX_EXTRA_CANDIDATES = 200
+
+_BOUGHT_UNITS = "_bought_units"
+_ORDER = "_order"
+_DEPTH = "_depth"
+_TAKEN = "_taken"
+_BOUGHT_COUNT = "_bought_count"
+_PRIORITY = "_priority"
+_LIST_COUNTRY = "_list_country"
+_TIE = "_tie"
+_MODE = "_mode"
+
+
+# --- pure transformations ------------------------------------------------------------------
+
+
+def check_transactions(transactions: DataFrame) -> None:
+    """Raises InputError naming the columns ``silver.transactions`` lacks for recommending."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in transactions.columns]
+    if missing:
+        raise InputError(f"silver.transactions lacks column(s) {', '.join(missing)}")
+
+
+def _known(transactions: DataFrame) -> DataFrame:
+    return transactions.where(F.col(S.CUSTOMER_ID).isNotNull() & ~F.col(S.IS_GUEST))
+
+
+def interactions(transactions: DataFrame) -> DataFrame:
+    """One row per known customer and product they kept something of, with the implicit rating.
+
+    ``rating = log1p(purchase lines × kept share)``, where the kept share is the net quantity
+    (purchases plus the negative return quantities) over the purchased quantity, clipped to
+    [0, 1]. Rows with ``rating ≤ 0`` (all returned, or only returns) are dropped; guests and
+    events other than purchases and returns are ignored.
+
+    Returns:
+        ``customer_id, product_id, purchases, returns, net_quantity, rating``.
+    """
+    purchase = F.col(S.EVENT_TYPE) == S.PURCHASE
+    lines = _known(transactions).where(F.col(S.EVENT_TYPE).isin(S.PURCHASE, S.RETURN))
+    per_pair = lines.groupBy(S.CUSTOMER_ID, S.PRODUCT_ID).agg(
+        F.count(F.when(purchase, F.lit(1))).alias(PURCHASES),
+        F.count(F.when(F.col(S.EVENT_TYPE) == S.RETURN, F.lit(1))).alias(RETURNS),
+        F.sum(F.when(purchase, F.col(S.QUANTITY))).alias(_BOUGHT_UNITS),
+        F.sum(S.QUANTITY).alias(NET_QUANTITY),
+    )
+    kept = F.greatest(F.lit(0.0), F.least(F.lit(1.0), F.col(NET_QUANTITY) / F.col(_BOUGHT_UNITS)))
+    rating = F.log1p(F.col(PURCHASES) * kept)
+    return (
+        per_pair.withColumn(RATING, rating)
+        .where(F.col(RATING) > 0)  # null (nothing bought) is dropped too
+        .select(S.CUSTOMER_ID, S.PRODUCT_ID, PURCHASES, RETURNS, NET_QUANTITY, RATING)
+    )
+
+
+def purchased(transactions: DataFrame) -> DataFrame:
+    """Distinct (customer_id, product_id) a known customer has a purchase line of (returned or
+    not: what was sent back is no better a recommendation)."""
+    return (
+        _known(transactions)
+        .where(F.col(S.EVENT_TYPE) == S.PURCHASE)
+        .select(S.CUSTOMER_ID, S.PRODUCT_ID)
+        .distinct()
+    )
+
+
+@dataclass(frozen=True)
+class Indexers:
+    """The fitted id ↔ index maps of customers and products (unseen ids are skipped)."""
+
+    user: StringIndexerModel
+    item: StringIndexerModel
+
+    def index(self, df: DataFrame) -> DataFrame:
+        """Adds ``user_idx`` and ``item_idx``; rows with an id the maps do not know are dropped."""
+        return self.item.transform(self.user.transform(df))
+
+    def index_users(self, df: DataFrame) -> DataFrame:
+        """Adds ``user_idx``; customers the map does not know are dropped."""
+        return self.user.transform(df)
+
+    def to_ids(self, df: DataFrame) -> DataFrame:
+        """Replaces ``user_idx`` and ``item_idx`` by ``customer_id`` and ``product_id``."""
+        users = IndexToString(inputCol=USER, outputCol=S.CUSTOMER_ID, labels=self.user.labels)
+        items = IndexToString(inputCol=ITEM, outputCol=S.PRODUCT_ID, labels=self.item.labels)
+        return items.transform(users.transform(df)).drop(USER, ITEM)
+
+
+def fit_indexers(interactions_df: DataFrame) -> Indexers:
+    """Customer and product indices from all interactions (alphabetical, so reproducible)."""
+
+    def fit(column: str, output: str) -> StringIndexerModel:
+        return StringIndexer(
+            inputCol=column, outputCol=output, handleInvalid="skip", stringOrderType="alphabetAsc"
+        ).fit(interactions_df)
+
+    return Indexers(fit(S.CUSTOMER_ID, USER), fit(S.PRODUCT_ID, ITEM))
+
+
+def als_estimator(
+    *,
+    rank: int = 10,
+    reg_param: float = 0.1,
+    alpha: float = 1.0,
+    max_iter: int = 10,
+    seed: int,
+    blocks: int | None = None,
+) -> ALS:
+    """Implicit-feedback ALS on the indexed interactions (non-negative factors).
+
+    Args:
+        blocks: User and item blocks (ALS's own default, 10, when None); about the number of
+            cores, as more blocks than tasks only add scheduling and shuffle overhead.
+    """
+    als = ALS(
+        rank=rank,
+        regParam=reg_param,
+        alpha=alpha,
+        maxIter=max_iter,
+        implicitPrefs=True,
+        userCol=USER,
+        itemCol=ITEM,
+        ratingCol=RATING,
+        coldStartStrategy="drop",
+        nonnegative=True,
+        seed=seed,
+    )
+    if blocks is not None:
+        als.setNumUserBlocks(blocks).setNumItemBlocks(blocks)
+    return als
+
+
+def extra_candidates(
+    bought: DataFrame | None,
+    customers: DataFrame | None = None,
+    *,
+    cap: int = MAX_EXTRA_CANDIDATES,
+) -> int:
+    """How many candidates beyond k to ask ALS for, so that k survive excluding ``bought``: the
+    most distinct products any of ``customers`` (all, when None) bought, at most ``cap``."""
+    if bought is None:
+        return 0
+    scope = bought
+    if customers is not None:
+        scope = bought.join(customers.select(S.CUSTOMER_ID).distinct(), S.CUSTOMER_ID, "left_semi")
+    row = (
+        scope.groupBy(S.CUSTOMER_ID)
+        .agg(F.count(F.lit(1)).alias("n"))
+        .agg(F.max("n").alias("n"))
+        .first()
+    )
+    return min(int(row["n"] or 0) if row else 0, cap)
+
+
+def als_candidates(
+    model: ALSModel, indexers: Indexers, *, n: int, customers: DataFrame | None = None
+) -> DataFrame:
+    """The ``n`` best-scored products per customer: ``customer_id, product_id, score``.
+
+    Args:
+        model: A fitted ALS model on the ``indexers``' indices.
+        indexers: Map customers in and customers and products back out.
+        n: Candidates per customer.
+        customers: Whom to score (a ``customer_id`` column); every customer the model knows
+            when None. Customers the model or the indexer does not know get no rows.
+    """
+    if customers is None:
+        recs = model.recommendForAllUsers(n)
+    else:
+        users = indexers.index_users(customers.select(S.CUSTOMER_ID).distinct()).select(USER)
+        recs = model.recommendForUserSubset(users, n)
+    exploded = recs.select(USER, F.explode("recommendations").alias("r")).select(
+        USER, F.col(f"r.{ITEM}").alias(ITEM), F.col("r.rating").cast("double").alias(S.SCORE_VALUE)
+    )
+    return indexers.to_ids(exploded).select(S.CUSTOMER_ID, S.PRODUCT_ID, S.SCORE_VALUE)
+
+
+def top_k(candidates: DataFrame, *, k: int, exclude: DataFrame | None = None) -> DataFrame:
+    """The first ``k`` candidates per customer by score (product id on ties), ranked 1..k.
+
+    Args:
+        candidates: ``customer_id, product_id, score``.
+        k: How many to keep per customer.
+        exclude: (customer_id, product_id) pairs to drop before ranking, e.g. what was bought.
+
+    Returns:
+        ``candidates`` columns plus ``rank``.
+    """
+    if exclude is not None:
+        candidates = candidates.join(
+            exclude.select(S.CUSTOMER_ID, S.PRODUCT_ID), [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti"
+        )
+    order = Window.partitionBy(S.CUSTOMER_ID).orderBy(F.col(S.SCORE_VALUE).desc(), S.PRODUCT_ID)
+    return candidates.withColumn(S.RANK, F.row_number().over(order)).where(F.col(S.RANK) <= k)
+
+
+def popularity(
+    transactions: DataFrame, *, end: date, days: int, min_country_products: int
+) -> DataFrame:
+    """Recent best sellers before ``end``, globally and per country.
+
+    A buyer is a known customer, or a guest invoice. The global ranking (``country`` null)
+    holds every product bought before ``end``, by distinct buyers in ``[end - days, end)``
+    descending, then all-time buyers, then product id, so it can always fill a list. A
+    country's ranking (by the country on the purchase lines) holds the products its buyers
+    bought in the recent window, by buyers then product id; only countries with at least
+    ``min_country_products`` such products get one.
+
+    Returns:
+        ``country, product_id, position (1 = best), buyers (recent), score`` where ``score``
+        is the share of the recent buyers (of the country, or of all) who bought the product.
+    """
+    start = end - timedelta(days=days)
+    bought = transactions.where(
+        (F.col(S.EVENT_TYPE) == S.PURCHASE) & (F.col(S.EVENT_DATE) < F.lit(end))
+    )
+    buyer = F.coalesce(
+        F.col(S.CUSTOMER_ID),
+        F.concat(F.lit("guest:"), F.coalesce(F.col(S.INVOICE_ID), F.col(S.TRANSACTION_ID))),
+    )
+    is_recent = F.col(S.EVENT_DATE) >= F.lit(start)
+    recent = bought.where(is_recent)
+
+    total = recent.agg(F.countDistinct(buyer).alias("_total"))
+    global_rows = (
+        bought.groupBy(S.PRODUCT_ID)
+        .agg(
+            F.countDistinct(F.when(is_recent, buyer)).alias(BUYERS),
+            F.countDistinct(buyer).alias(_TIE),
+        )
+        .crossJoin(total)
+        .select(
+            F.lit(None).cast("string").alias(S.COUNTRY),
+            S.PRODUCT_ID,
+            BUYERS,
+            _TIE,
+            F.coalesce(F.col(BUYERS) / F.col("_total"), F.lit(0.0)).alias(S.SCORE_VALUE),
+        )
+    )
+    in_country = recent.where(F.col(S.COUNTRY).isNotNull())
+    totals = in_country.groupBy(S.COUNTRY).agg(F.countDistinct(buyer).alias("_total"))
+    per_country = Window.partitionBy(S.COUNTRY)
+    country_rows = (
+        in_country.groupBy(S.COUNTRY, S.PRODUCT_ID)
+        .agg(F.countDistinct(buyer).alias(BUYERS))
+        .withColumn("_products", F.count(F.lit(1)).over(per_country))
+        .where(F.col("_products") >= min_country_products)
+        .join(totals, S.COUNTRY)
+        .select(
+            S.COUNTRY,
+            S.PRODUCT_ID,
+            BUYERS,
+            F.lit(0).cast("long").alias(_TIE),
+            (F.col(BUYERS) / F.col("_total")).alias(S.SCORE_VALUE),
+        )
+    )
+    # The global ranking is one window partition (country null): one row per product.
+    order = Window.partitionBy(S.COUNTRY).orderBy(
+        F.col(BUYERS).desc(), F.col(_TIE).desc(), S.PRODUCT_ID
+    )
+    return (
+        global_rows.unionByName(country_rows)
+        .withColumn(POSITION, F.row_number().over(order))
+        .select(S.COUNTRY, S.PRODUCT_ID, POSITION, BUYERS, S.SCORE_VALUE)
+    )
+
+
+def recommend_customers(
+    customers: DataFrame,
+    popular: DataFrame,
+    *,
+    k: int,
+    als: DataFrame | None = None,
+    bought: DataFrame | None = None,
+    max_extra: int = MAX_EXTRA_CANDIDATES,
+) -> DataFrame:
+    """Exactly ``k`` recommendations for each customer: ALS first, then the popularity fill.
+
+    Works for any list of customers, including ones never seen before (they get ``k`` popular
+    products, their country's first when it has a ranking).
+
+    Args:
+        customers: ``customer_id`` and optionally ``country`` (one row per customer).
+        popular: The output of :func:`popularity`.
+        k: Recommendations per customer.
+        als: ALS recommendations ``customer_id, product_id, score, rank``, ranked 1..n
+            without gaps per customer and already without excluded products, as
+            :func:`top_k` returns them; ranks beyond ``k`` and customers not in
+            ``customers`` are ignored.
+        bought: (customer_id, product_id) pairs the fill must skip, or None to allow them.
+        max_extra: Cap on how deep into the rankings a customer who bought many of the
+            popular products is filled from.
+
+    Returns:
+        ``customer_id, rank, product_id, score, source``: ALS rows first (by their rank), then
+        popular rows (country ranking before global), ranked 1..k without gaps.
+    """
+    people = customers.select(
+        S.CUSTOMER_ID,
+        F.col(S.COUNTRY) if S.COUNTRY in customers.columns else F.lit(None).cast("string"),
+    ).toDF(S.CUSTOMER_ID, S.COUNTRY)
+
+    # A customer needs k - (ALS rows) popular products. Walking k + b deep into the global
+    # ranking, where b is how many products the customer bought, always leaves enough after
+    # skipping the ALS rows (< k) and the bought products (≤ b).
+    need = people
+    als_rows = None
+    if als is not None:
+        als_rows = (
+            als.where(F.col(S.RANK) <= k)
+            .join(people.select(S.CUSTOMER_ID), S.CUSTOMER_ID, "left_semi")
+            .select(S.CUSTOMER_ID, S.RANK, S.PRODUCT_ID, S.SCORE_VALUE)
+        )
+        taken = als_rows.groupBy(S.CUSTOMER_ID).agg(F.count(F.lit(1)).alias(_TAKEN))
+        need = need.join(taken, S.CUSTOMER_ID, "left")
+    taken_col = F.coalesce(F.col(_TAKEN), F.lit(0)) if als is not None else F.lit(0)
+    depth = F.lit(k)
+    if bought is not None:
+        counts = bought.groupBy(S.CUSTOMER_ID).agg(F.count(F.lit(1)).alias(_BOUGHT_COUNT))
+        need = need.join(counts, S.CUSTOMER_ID, "left")
+        depth = depth + F.least(F.coalesce(F.col(_BOUGHT_COUNT), F.lit(0)), F.lit(max_extra))
+    need = need.select(
+        S.CUSTOMER_ID,
+        S.COUNTRY,
+        taken_col.cast("int").alias(_TAKEN),
+        depth.alias(_DEPTH),
+    ).where(F.col(_TAKEN) < k)
+
+    # Both rankings are small (≤ k + max_extra products per country), so they are broadcast
+    # and the candidates are built without a shuffle.
+    lists = popular.where(F.col(POSITION) <= k + max_extra).select(
+        F.col(S.COUNTRY).alias(_LIST_COUNTRY), S.PRODUCT_ID, POSITION, S.SCORE_VALUE
+    )
+    national = F.broadcast(lists.where(F.col(_LIST_COUNTRY).isNotNull()))
+    worldwide = F.broadcast(lists.where(F.col(_LIST_COUNTRY).isNull()))
+    deep_enough = F.col(POSITION) <= F.col(_DEPTH)
+    from_country = need.join(
+        national, (F.col(S.COUNTRY) == F.col(_LIST_COUNTRY)) & deep_enough
+    ).withColumn(_PRIORITY, F.lit(0))
+    # A product in both rankings keeps its place in the country's.
+    in_country = F.broadcast(
+        lists.where(F.col(_LIST_COUNTRY).isNotNull()).select(
+            F.col(_LIST_COUNTRY).alias("_c"),
+            F.col(S.PRODUCT_ID).alias("_p"),
+            F.col(POSITION).alias("_pos"),
+        )
+    )
+    from_world = (
+        need.join(worldwide, deep_enough)
+        .join(
+            in_country,
+            (F.col(S.COUNTRY) == F.col("_c"))
+            & (F.col(S.PRODUCT_ID) == F.col("_p"))
+            & (F.col("_pos") <= F.col(_DEPTH)),
+            "left_anti",
+        )
+        .withColumn(_PRIORITY, F.lit(1))
+    )
+    candidates = from_country.unionByName(from_world)
+
+    skip = als_rows.select(S.CUSTOMER_ID, S.PRODUCT_ID) if als_rows is not None else None
+    if bought is not None:
+        pairs = bought.select(S.CUSTOMER_ID, S.PRODUCT_ID)
+        skip = pairs if skip is None else skip.unionByName(pairs)
+    if skip is not None:
+        candidates = candidates.join(skip, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti")
+    # ALS rows hold ranks 1..taken, so the fill continues at taken + 1: no second ranking.
+    fill_order = Window.partitionBy(S.CUSTOMER_ID).orderBy(_PRIORITY, POSITION)
+    fill = (
+        candidates.withColumn(_ORDER, F.row_number().over(fill_order))
+        .where(F.col(_ORDER) <= F.lit(k) - F.col(_TAKEN))
+        .select(
+            S.CUSTOMER_ID,
+            (F.col(_TAKEN) + F.col(_ORDER)).cast("int").alias(S.RANK),
+            S.PRODUCT_ID,
+            S.SCORE_VALUE,
+            F.lit(S.SOURCE_POPULAR).alias(S.SOURCE),
+        )
+    )
+    if als_rows is None:
+        return fill
+    return als_rows.select(
+        S.CUSTOMER_ID,
+        F.col(S.RANK).cast("int").alias(S.RANK),
+        S.PRODUCT_ID,
+        S.SCORE_VALUE,
+        F.lit(S.SOURCE_ALS).alias(S.SOURCE),
+    ).unionByName(fill)
+
+
+def gold_rows(
+    recommendations: DataFrame, products: DataFrame, *, as_of: date, model_version: str
+) -> DataFrame:
+    """``recommendations`` in the ``gold.recommendations`` schema, with product names."""
+    names = products.select(S.PRODUCT_ID, S.PRODUCT_NAME)
+    return recommendations.join(F.broadcast(names), S.PRODUCT_ID, "left").select(
+        S.CUSTOMER_ID,
+        S.RANK,
+        S.PRODUCT_ID,
+        S.PRODUCT_NAME,
+        S.SCORE_VALUE,
+        S.SOURCE,
+        F.lit(model_version).alias(S.MODEL_VERSION),
+        F.lit(as_of).cast("date").alias(S.AS_OF_DATE),
+    )
+
+
+def serve(
+    model: PipelineModel,
+    customers: DataFrame,
+    popular: DataFrame,
+    *,
+    k: int,
+    bought: DataFrame | None,
+    max_extra: int = MAX_EXTRA_CANDIDATES,
+) -> DataFrame:
+    """Top-k per customer from a registered model (indexers + ALS) with the popularity fill.
+
+    Args:
+        model: ``PipelineModel`` of the customer and product ``StringIndexerModel`` and the
+            ``ALSModel``, as this stage registers it.
+        customers: ``customer_id`` (and ``country``) to recommend to.
+        popular: The output of :func:`popularity` at the as-of date.
+        k: Recommendations per customer.
+        bought: Pairs to exclude, or None to allow recommending what was bought.
+        max_extra: Cap on the extra ALS candidates asked for to survive the exclusion.
+
+    Returns:
+        ``customer_id, rank, product_id, score, source``, exactly k rows per customer.
+    """
+    indexers, als_model = unpack(model)
+    n = extra_candidates(bought, cap=max_extra)
+    best = top_k(als_candidates(als_model, indexers, n=k + n), k=k, exclude=bought)
+    return recommend_customers(
+        customers, popular, k=k, als=best, bought=bought, max_extra=max_extra
+    )
+
+
+def unpack(model: PipelineModel) -> tuple[Indexers, ALSModel]:
+    """The indexers and ALS model of a registered recommender.
+
+    Raises:
+        RetailmlError: The model is not one this stage registered.
+    """
+    stages = list(model.stages)
+    if (
+        len(stages) != 3
+        or not isinstance(stages[0], StringIndexerModel)
+        or not isinstance(stages[1], StringIndexerModel)
+        or not isinstance(stages[2], ALSModel)
+    ):
+        kinds = ", ".join(type(s).__name__ for s in stages)
+        raise RetailmlError(
+            f"the registered recommender is not StringIndexer, StringIndexer, ALS ({kinds})"
+        )
+    return Indexers(stages[0], stages[1]), stages[2]
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One ALS configuration, evaluated in both modes."""
+
+    rank: int
+    reg_param: float
+    alpha: float
+    metrics: dict[str, RankingMetrics]  # by mode
+    fit_seconds: float
+    run_id: str
+
+    @property
+    def params(self) -> dict[str, float]:
+        return {"rank": self.rank, "reg_param": self.reg_param, "alpha": self.alpha}
+
+
+@dataclass(frozen=True)
+class RecommendResult:
+    """The evaluation, the gate decision and what was written."""
+
+    as_of: date
+    eval_cutoff: date
+    eval_customers: int
+    repeat_share: float
+    metrics: dict[tuple[str, str], RankingMetrics]  # (model, mode) → metrics
+    k: int
+    tuned_mode: str
+    best_params: dict[str, float]
+    grid: list[GridPoint]
+    decision: registry.GateDecision
+    model_version: str  # the version that produced the rows
+    rows_written: int
+    rows_by_source: dict[str, int]
+    customers: int
+    seconds: float
+    parent_run_id: str
+
+    def summary(self) -> list[str]:
+        k = self.k
+        lines = [
+            f"evaluated on {self.eval_cutoff} .. {self.as_of - timedelta(days=1)} "
+            f"({self.eval_customers:,} customers with earlier purchases bought in the window)",
+            f"{'model':<8} {'mode':<4} {f'P@{k}':>7} {f'R@{k}':>7} {f'NDCG@{k}':>8} "
+            f"{f'MAP@{k}':>7} {'hit rate':>8} {'coverage':>8}",
+        ]
+        for mode in MODES:
+            for model in (ALS_MODEL, POPULAR_MODEL):
+                m = self.metrics[(model, mode)]
+                lines.append(
+                    f"{model:<8} {mode:<4} {m.precision_at_k:>7.4f} {m.recall_at_k:>7.4f} "
+                    f"{m.ndcg_at_k:>8.4f} {m.map_at_k:>7.4f} {m.hit_rate:>8.3f} "
+                    f"{m.coverage:>8.3f}"
+                )
+        params = ", ".join(f"{name}={value:g}" for name, value in self.best_params.items())
+        tuned = self.metrics[(ALS_MODEL, self.tuned_mode)].ndcg_at_k
+        d = self.decision
+        verdict = "promoted to champion" if d.promoted else "champion kept"
+        by_source = ", ".join(f"{n:,} {s}" for s, n in sorted(self.rows_by_source.items()))
+        return [
+            *lines,
+            f"repeat share: {self.repeat_share:.1%} of the window's customer × product "
+            f"purchases were bought before",
+            f"best of {len(self.grid)} grid points: {params} (NDCG@{k} {self.tuned_mode} "
+            f"{tuned:.4f})",
+            f"version {d.challenger_version}, {verdict}: {d.reason}",
+            f"gold.recommendations as of {self.as_of}: {self.rows_written:,} rows for "
+            f"{self.customers:,} customers ({by_source}) from version {self.model_version}",
+        ]
+
+
+# --- the task --------------------------------------------------------------------------------
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"pyspark=={version('pyspark')}", f"mlflow=={version('mlflow')}"]
+
+
+def champion_metric(
+    client: MlflowClient, model_name: str, *, cutoff: date, mode: str, k: int
+) -> tuple[str | None, float | None, str | None]:
+    """The champion's version, its recorded tuned NDCG@k if comparable, and why not if not.
+
+    Comparable means measured on the same cutoff, in the same mode and at the same k.
+    """
+    version = registry.champion_version(client, model_name)
+    if version is None:
+        return None, None, None
+    tags = client.get_model_version(model_name, version).tags
+    recorded = (tags.get("eval_cutoff"), tags.get("eval_mode"), tags.get("eval_k"))
+    if recorded == (cutoff.isoformat(), mode, str(k)) and "eval_ndcg_at_k" in tags:
+        return version, float(tags["eval_ndcg_at_k"]), None
+    why = (
+        f"champion version {version} was evaluated on cutoff {recorded[0]} ({recorded[1]}, "
+        f"k={recorded[2]}), not comparable with {cutoff.isoformat()} ({mode}, k={k})"
+    )
+    return version, None, why
+
+
+def _persist(df: DataFrame, keep: list[DataFrame]) -> DataFrame:
+    keep.append(df.persist(StorageLevel.MEMORY_AND_DISK))
+    return df
+
+
+def _with_mode(frames: dict[str, DataFrame]) -> DataFrame:
+    """One frame with a mode column, so both modes are measured in one pass."""
+    tagged = [df.withColumn(_MODE, F.lit(mode)) for mode, df in frames.items()]
+    out = tagged[0]
+    for df in tagged[1:]:
+        out = out.unionByName(df)
+    return out
+
+
+def _metrics_by_mode(
+    recommended: dict[str, DataFrame], relevant: DataFrame, *, k: int, catalog_size: int
+) -> dict[str, RankingMetrics]:
+    found = ranking_metrics_by(
+        _with_mode(recommended), relevant, group_col=_MODE, k=k, catalog_size=catalog_size
+    )
+    empty = RankingMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
+    return {mode: found.get(mode, empty) for mode in MODES}
+
+
+def _evaluate_point(
+    params: tuple[int, float, float],
+    train: DataFrame,
+    *,
+    indexers: Indexers,
+    eval_customers: DataFrame,
+    relevant: DataFrame,
+    prior: DataFrame,
+    n: int,
+    k: int,
+    catalog_size: int,
+    blocks: int,
+    settings: Settings,
+) -> GridPoint:
+    rank, reg_param, alpha = params
+    name = f"rank={rank} reg={reg_param:g} alpha={alpha:g}"
+    with mlflow.start_run(run_name=name, nested=True) as run:
+        started = time.monotonic()
+        model = als_estimator(
+            rank=rank,
+            reg_param=reg_param,
+            alpha=alpha,
+            max_iter=settings.recommend.max_iter,
+            seed=settings.seed,
+            blocks=blocks,
+        ).fit(train)
+        fit_seconds = time.monotonic() - started
+        # Persist: both modes rank the same candidates.
+        candidates = als_candidates(model, indexers, n=k + n, customers=eval_customers).persist()
+        try:
+            recommended = {ALL: top_k(candidates, k=k), NEW: top_k(candidates, k=k, exclude=prior)}
+            metrics = _metrics_by_mode(recommended, relevant, k=k, catalog_size=catalog_size)
+        finally:
+            candidates.unpersist()
+        mlflow.log_params({"rank": rank, "reg_param": reg_param, "alpha": alpha, "k": k})
+        mlflow.log_metrics(
+            {
+                **metrics[ALL].as_dict("als_all_"),
+                **metrics[NEW].as_dict("als_new_"),
+                "fit_seconds": fit_seconds,
+                "eval_seconds": time.monotonic() - started - fit_seconds,
+            }
+        )
+    return GridPoint(rank, reg_param, alpha, metrics, fit_seconds, run.info.run_id)
+
+
+def _register_and_gate(
+    client: MlflowClient,
+    model_uri: str,
+    *,
+    settings: Settings,
+    tuned_ndcg: float,
+    cutoff: date,
+    mode: str,
+    tags: dict[str, str],
+    run_id: str,
+) -> registry.GateDecision:
+    """Register the logged model, tagged with what it was measured on, and apply the gate."""
+    cfg = settings.recommend
+    k = cfg.k
+    current_version, current, not_comparable = champion_metric(
+        client, cfg.model_name, cutoff=cutoff, mode=mode, k=k
+    )
+    version = mlflow.register_model(
+        model_uri,
+        cfg.model_name,
+        tags={
+            **tags,
+            "eval_mode": mode,
+            "eval_k": str(k),
+            "eval_ndcg_at_k": f"{tuned_ndcg:.6f}",
+            "run_id": run_id,
+        },
+    )
+    challenger = str(version.version)
+    decision = registry.apply_gate(
+        client,
+        cfg.model_name,
+        challenger_version=challenger,
+        challenger_metric=tuned_ndcg,
+        champion_metric=current,
+        metric=f"NDCG@{k} ({mode})",
+        margin=cfg.promotion_margin,
+    )
+    if current_version is not None and not_comparable:
+        # apply_gate reads a missing champion metric as "no champion"; say what it was.
+        reason = f"{not_comparable}; the challenger (NDCG@{k} {tuned_ndcg:.4f}) replaces it"
+        decision = dataclasses.replace(decision, reason=reason)
+        client.set_model_version_tag(cfg.model_name, challenger, "gate_reason", reason)
+    return decision
+
+
+def run(settings: Settings, spark: SparkSession) -> RecommendResult:
+    """Tune and evaluate ALS against popularity, register it, write ``gold.recommendations``.
+
+    Raises:
+        RetailmlError: No purchases by known customers, or none before the evaluation cutoff.
+    """
+    started = time.monotonic()
+    cfg = settings.recommend
+    k = cfg.k
+    lake = Lakehouse(settings, spark)
+    transactions = lake.read("silver.transactions")
+    check_transactions(transactions)
+    customers = lake.read("silver.customers").select(S.CUSTOMER_ID, S.COUNTRY)
+    products = lake.read("silver.products").select(S.PRODUCT_ID, S.PRODUCT_NAME)
+
+    last_row = transactions.agg(F.max(S.EVENT_DATE).alias("last")).first()
+    if last_row is None or last_row["last"] is None:
+        raise RetailmlError("silver.transactions is empty; run `retailml task clean` first")
+    as_of: date = last_row["last"] + timedelta(days=1)
+    cutoff = as_of - timedelta(days=cfg.eval_days)
+    tuned_mode = NEW if cfg.exclude_purchased else ALL
+    # ALS blocks follow the shuffle parallelism the session is configured for.
+    blocks = max(1, int(spark.conf.get("spark.sql.shuffle.partitions") or 10))
+
+    kept: list[DataFrame] = []
+    try:
+        history = _persist(interactions(transactions), kept)
+        before = transactions.where(F.col(S.EVENT_DATE) < F.lit(cutoff))
+        # Before the indexers, so an empty history is a clear error, not StringIndexer's.
+        if interactions(before).isEmpty():
+            raise RetailmlError(
+                f"no purchases by known customers before the evaluation cutoff {cutoff} "
+                f"(eval_days = {cfg.eval_days}); ingest more history or shorten the window"
+            )
+        indexers = fit_indexers(history)
+        train = _persist(indexers.index(interactions(before)), kept)
+        prior = _persist(purchased(before), kept)
+        window = purchased(transactions.where(F.col(S.EVENT_DATE) >= F.lit(cutoff)))
+        # Evaluate the customers with history: a customer without any is the fallback's job.
+        relevant_all = _persist(
+            window.join(prior.select(S.CUSTOMER_ID).distinct(), S.CUSTOMER_ID, "left_semi"), kept
+        )
+        relevant = _with_mode(
+            {
+                ALL: relevant_all,
+                NEW: relevant_all.join(prior, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti"),
+            }
+        )
+        eval_customers = _persist(
+            relevant_all.select(S.CUSTOMER_ID).distinct().join(customers, S.CUSTOMER_ID, "left"),
+            kept,
+        )
+        # One pass for the bounded facts of the evaluation.
+        repeat = (
+            window.join(prior.withColumn("_seen", F.lit(1)), [S.CUSTOMER_ID, S.PRODUCT_ID], "left")
+            .agg(F.count(F.lit(1)).alias("pairs"), F.count("_seen").alias("repeats"))
+            .first()
+        )
+        assert repeat is not None
+        repeat_share = int(repeat["repeats"]) / int(repeat["pairs"]) if repeat["pairs"] else 0.0
+        catalog_size = max(
+            before.where(F.col(S.EVENT_TYPE) == S.PURCHASE).select(S.PRODUCT_ID).distinct().count(),
+            1,
+        )
+        n_eval = extra_candidates(prior, eval_customers)
+        popular_then = _persist(
+            popularity(before, end=cutoff, days=cfg.popular_days, min_country_products=k), kept
+        )
+
+        client = tracking.configure(settings)
+        mlflow.set_experiment(experiment_id=tracking.experiment(settings, cfg.experiment))
+        data_tags = {
+            "data.silver_transactions_version": str(lake.version("silver.transactions")),
+            "as_of_date": as_of.isoformat(),
+            "eval_cutoff": cutoff.isoformat(),
+        }
+        with mlflow.start_run(run_name=f"recommend {as_of}", tags=data_tags) as parent:
+            mlflow.log_params(
+                {
+                    "k": k,
+                    "exclude_purchased": cfg.exclude_purchased,
+                    "eval_days": cfg.eval_days,
+                    "popular_days": cfg.popular_days,
+                    "max_iter": cfg.max_iter,
+                    "seed": settings.seed,
+                    "tuned_mode": tuned_mode,
+                    "extra_candidates": n_eval,
+                    "catalog_size": catalog_size,
+                }
+            )
+            tune_started = time.monotonic()
+            grid = [
+                _evaluate_point(
+                    params,
+                    train,
+                    indexers=indexers,
+                    eval_customers=eval_customers,
+                    relevant=relevant,
+                    prior=prior,
+                    n=n_eval,
+                    k=k,
+                    catalog_size=catalog_size,
+                    blocks=blocks,
+                    settings=settings,
+                )
+                for params in itertools.product(cfg.ranks, cfg.reg_params, cfg.alphas)
+            ]
+            tune_seconds = time.monotonic() - tune_started
+            # max keeps the first of equal points, so the choice is reproducible.
+            best = max(grid, key=lambda g: g.metrics[tuned_mode].ndcg_at_k)
+            baseline = _metrics_by_mode(
+                {
+                    ALL: recommend_customers(eval_customers, popular_then, k=k),
+                    NEW: recommend_customers(eval_customers, popular_then, k=k, bought=prior),
+                },
+                relevant,
+                k=k,
+                catalog_size=catalog_size,
+            )
+            metrics: dict[tuple[str, str], RankingMetrics] = {}
+            for mode in MODES:
+                metrics[(ALS_MODEL, mode)] = best.metrics[mode]
+                metrics[(POPULAR_MODEL, mode)] = baseline[mode]
+            tuned_ndcg = best.metrics[tuned_mode].ndcg_at_k
+
+            # The final model: the best configuration on all history.
+            final_started = time.monotonic()
+            als_model = als_estimator(
+                rank=best.rank,
+                reg_param=best.reg_param,
+                alpha=best.alpha,
+                max_iter=cfg.max_iter,
+                seed=settings.seed,
+                blocks=blocks,
+            ).fit(_persist(indexers.index(history), kept))
+            final_seconds = time.monotonic() - final_started
+            model = PipelineModel(stages=[indexers.user, indexers.item, als_model])
+            mlflow.log_params({f"best_{name}": v for name, v in best.params.items()})
+            mlflow.log_metrics(
+                {
+                    **{
+                        name: value
+                        for (model_name, mode), m in metrics.items()
+                        for name, value in m.as_dict(f"{METRIC_PREFIX[model_name]}_{mode}_").items()
+                    },
+                    "repeat_share": repeat_share,
+                    "tuned_ndcg_at_k": tuned_ndcg,
+                    "tune_seconds": tune_seconds,
+                    "final_fit_seconds": final_seconds,
+                }
+            )
+            info = mlflow.spark.log_model(
+                model, artifact_path="model", pip_requirements=_pip_requirements()
+            )
+
+            decision = _register_and_gate(
+                client,
+                info.model_uri,
+                settings=settings,
+                tuned_ndcg=tuned_ndcg,
+                cutoff=cutoff,
+                mode=tuned_mode,
+                tags={**data_tags, **{f"param_{n}": f"{v:g}" for n, v in best.params.items()}},
+                run_id=parent.info.run_id,
+            )
+            challenger = decision.challenger_version
+
+            # The rows come from whichever version is the champion now.
+            if decision.promoted:
+                serving, served_version = model, challenger
+            else:
+                serving = mlflow.spark.load_model(f"models:/{cfg.model_name}@{registry.CHAMPION}")
+                served_version = str(decision.champion_version)
+            write_started = time.monotonic()
+            bought_all = _persist(purchased(transactions), kept) if cfg.exclude_purchased else None
+            popular_now = popularity(
+                transactions, end=as_of, days=cfg.popular_days, min_country_products=k
+            )
+            recommendations = serve(serving, customers, popular_now, k=k, bought=bought_all)
+            lake.replace_where(
+                "gold.recommendations",
+                gold_rows(recommendations, products, as_of=as_of, model_version=served_version),
+                f"{S.AS_OF_DATE} = '{as_of.isoformat()}'",
+            )
+            write_seconds = time.monotonic() - write_started
+            by_source = {
+                str(r[S.SOURCE]): int(r["n"])
+                for r in lake.read("gold.recommendations")
+                .where(F.col(S.AS_OF_DATE) == F.lit(as_of))
+                .groupBy(S.SOURCE)
+                .agg(F.count(F.lit(1)).alias("n"))
+                .collect()
+            }
+            customer_count = customers.count()
+            seconds = time.monotonic() - started
+            mlflow.log_metrics(
+                {
+                    "write_seconds": write_seconds,
+                    "seconds": seconds,
+                    "rows_written": sum(by_source.values()),
+                    "customers": customer_count,
+                }
+            )
+            mlflow.set_tags(
+                {
+                    "challenger_version": challenger,
+                    "served_version": served_version,
+                    "gate_decision": "promoted" if decision.promoted else "kept champion",
+                    "gate_reason": decision.reason,
+                }
+            )
+    finally:
+        for df in kept:
+            df.unpersist()
+    return RecommendResult(
+        as_of=as_of,
+        eval_cutoff=cutoff,
+        eval_customers=best.metrics[ALL].users,
+        repeat_share=repeat_share,
+        metrics=metrics,
+        k=k,
+        tuned_mode=tuned_mode,
+        best_params=best.params,
+        grid=grid,
+        decision=decision,
+        model_version=served_version,
+        rows_written=sum(by_source.values()),
+        rows_by_source=by_source,
+        customers=customer_count,
+        seconds=seconds,
+        parent_run_id=parent.info.run_id,
+    )

@@ -1,0 +1,407 @@
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from mlflow.exceptions import MlflowException
+from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame, SparkSession
+
+from retailml import schemas as S
+from retailml.errors import InputError, RetailmlError
+from retailml.lakehouse import Lakehouse
+from retailml.ml import registry, tracking
+from retailml.settings import Settings
+from retailml.stages import clean, recommend
+from tests.conftest import make_settings
+
+# (invoice, customer (None = guest), product, quantity, day, event_type, country)
+Row = tuple[str, str | None, str, int, str, str, str | None]
+
+CANDIDATES = "customer_id string, product_id string, score double"
+
+
+def silver(spark: SparkSession, rows: list[Row]) -> DataFrame:
+    """silver.transactions from compact rows, through the real clean step."""
+    ingested = datetime(2011, 6, 1)
+    bronze = spark.createDataFrame(
+        [
+            (
+                inv,
+                cust,
+                prod,
+                f"name {prod}",
+                "cat",
+                qty,
+                2.0,
+                datetime.fromisoformat(f"{day} 12:00"),
+                event,
+                country,
+                "f.csv",
+                "canonical",
+                ingested,
+                "b1",
+            )
+            for inv, cust, prod, qty, day, event, country in rows
+        ],
+        S.BRONZE_TRANSACTIONS,
+    )
+    return clean.clean_transactions(bronze)
+
+
+def by_customer(df: DataFrame) -> dict[str, list[tuple[int, str, str]]]:
+    """customer → [(rank, product, source)] sorted by rank (tiny test output only)."""
+    out: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    for r in df.collect():
+        out[r.customer_id].append((r.rank, r.product_id, r.source))
+    return {c: sorted(v) for c, v in out.items()}
+
+
+def test_interactions_returns_reduce_the_rating_and_guests_are_excluded(
+    spark: SparkSession,
+) -> None:
+    rows: list[Row] = [
+        ("i1", "c1", "p1", 1, "2011-01-03", "purchase", "UK"),
+        ("i2", "c1", "p1", 1, "2011-01-10", "purchase", "UK"),
+        ("i3", "c2", "p1", 1, "2011-01-03", "purchase", "UK"),
+        ("i4", "c2", "p1", 1, "2011-01-10", "purchase", "UK"),
+        ("C5", "c2", "p1", 1, "2011-01-12", "purchase", "UK"),  # returns 1 of the 2 units
+        ("i6", "c3", "p2", 2, "2011-01-03", "purchase", "UK"),
+        ("C7", "c3", "p2", 2, "2011-01-04", "purchase", "UK"),  # returns everything
+        ("i8", None, "p1", 5, "2011-01-03", "purchase", "UK"),  # guest
+        ("i9", "c3", "p3", 1, "2011-01-05", "view", "UK"),  # not a purchase
+    ]
+    result = {
+        (r.customer_id, r.product_id): r
+        for r in recommend.interactions(silver(spark, rows)).collect()
+    }
+    assert set(result) == {("c1", "p1"), ("c2", "p1")}
+    assert result[("c1", "p1")].rating == pytest.approx(math.log1p(2))
+    # Two purchase lines, half the units kept: worth one line.
+    assert result[("c2", "p1")].rating == pytest.approx(math.log1p(1))
+    assert result[("c2", "p1")].rating < result[("c1", "p1")].rating
+    assert (result[("c2", "p1")].purchases, result[("c2", "p1")].returns) == (2, 1)
+    assert result[("c2", "p1")].net_quantity == 1
+
+
+def test_top_k_ranks_without_gaps_and_excludes(spark: SparkSession) -> None:
+    candidates = spark.createDataFrame(
+        [
+            ("c1", "p1", 0.9),
+            ("c1", "p2", 0.8),
+            ("c1", "p3", 0.7),
+            ("c1", "p4", 0.6),
+            ("c1", "p5", 0.5),
+            ("c2", "p2", 0.5),
+            ("c2", "p1", 0.5),  # a tie: the smaller product id ranks first
+        ],
+        CANDIDATES,
+    )
+    bought = spark.createDataFrame([("c1", "p2")], "customer_id string, product_id string")
+    ranked = {
+        (r.customer_id, r.rank): r.product_id
+        for r in recommend.top_k(candidates, k=3, exclude=bought).collect()
+    }
+    assert ranked == {
+        ("c1", 1): "p1",
+        ("c1", 2): "p3",
+        ("c1", 3): "p4",
+        ("c2", 1): "p1",
+        ("c2", 2): "p2",
+    }
+    unexcluded = recommend.top_k(candidates, k=3).where("customer_id = 'c1'").collect()
+    assert [r.product_id for r in sorted(unexcluded, key=lambda r: r.rank)] == ["p1", "p2", "p3"]
+
+
+@pytest.fixture(scope="module")
+def popular(spark: SparkSession) -> Iterator[DataFrame]:
+    """Global best sellers g1 > g2 > g3 > g4; French buyers prefer f1 > f2 > f3."""
+    rows: list[Row] = []
+    counts = {"g1": 9, "g2": 8, "g3": 7, "g4": 6}
+    for product, buyers in counts.items():
+        rows += [
+            (f"{product}-{b}", f"u{b}", product, 1, "2011-03-01", "purchase", "UK")
+            for b in range(buyers)
+        ]
+    for product, buyers in {"f1": 3, "f2": 2, "f3": 1}.items():
+        rows += [
+            (f"{product}-{b}", f"fr{b}", product, 1, "2011-03-02", "purchase", "FR")
+            for b in range(buyers)
+        ]
+    # An old best seller outside the recent window ranks only after every recent one.
+    rows += [(f"old-{b}", f"u{b}", "old", 1, "2010-01-01", "purchase", "UK") for b in range(20)]
+    ranking = recommend.popularity(
+        silver(spark, rows), end=date(2011, 3, 10), days=30, min_country_products=3
+    ).persist()
+    yield ranking
+    ranking.unpersist()
+
+
+def test_popularity_ranking(popular: DataFrame) -> None:
+    ranking = {(r.country, r.position): (r.product_id, r.score) for r in popular.collect()}
+    assert [ranking[(None, p)][0] for p in range(1, 9)] == [
+        "g1",
+        "g2",
+        "g3",
+        "g4",
+        "f1",
+        "f2",
+        "f3",
+        "old",
+    ]
+    assert [ranking[("FR", p)][0] for p in range(1, 4)] == ["f1", "f2", "f3"]
+    assert ranking[("FR", 1)][1] == pytest.approx(3 / 3)  # every recent French buyer bought f1
+    assert ranking[(None, 1)][1] == pytest.approx(9 / 12)  # 9 of 9 + 3 recent buyers
+    assert ("UK", 1) in ranking and ranking[(None, 8)][1] == 0.0
+
+
+def test_fill_gives_exactly_k_rows_als_first_then_popular(
+    spark: SparkSession, popular: DataFrame
+) -> None:
+    customers = spark.createDataFrame(
+        [("c1", "UK"), ("c2", "UK"), ("c3", "UK"), ("c4", "UK")],
+        "customer_id string, country string",
+    )
+    als = spark.createDataFrame(
+        [
+            ("c1", "g1", 0.9, 1),
+            ("c1", "x7", 0.8, 2),
+            ("c2", "x1", 0.9, 1),
+            ("c2", "x2", 0.8, 2),
+            ("c2", "x3", 0.7, 3),
+            ("c2", "x4", 0.6, 4),  # beyond k: ignored
+            ("zz", "x1", 0.9, 1),  # not a requested customer: ignored
+        ],
+        "customer_id string, product_id string, score double, rank int",
+    )
+    bought = spark.createDataFrame(
+        [("c3", "g1"), ("c3", "g2"), ("c3", "g3"), ("c1", "g2")],
+        "customer_id string, product_id string",
+    )
+    recs = recommend.recommend_customers(customers, popular, k=3, als=als, bought=bought)
+    got = by_customer(recs)
+    assert set(got) == {"c1", "c2", "c3", "c4"}
+    assert all([rank for rank, _, _ in rows] == [1, 2, 3] for rows in got.values())
+    # ALS rows keep their order; the fill skips what ALS already has (g1) and what was bought (g2).
+    assert got["c1"] == [(1, "g1", "als"), (2, "x7", "als"), (3, "g3", "popular")]
+    assert got["c2"] == [(1, "x1", "als"), (2, "x2", "als"), (3, "x3", "als")]
+    # c3 bought the three best sellers: the fill goes deeper.
+    assert got["c3"] == [(1, "g4", "popular"), (2, "f1", "popular"), (3, "f2", "popular")]
+    assert got["c4"] == [(1, "g1", "popular"), (2, "g2", "popular"), (3, "g3", "popular")]
+
+    # Without exclusion, bought products may be recommended.
+    allowed = by_customer(recommend.recommend_customers(customers, popular, k=3, als=als))
+    assert allowed["c3"][0] == (1, "g1", "popular")
+
+
+def test_brand_new_customers_get_the_popular_fallback_country_first(
+    spark: SparkSession, popular: DataFrame
+) -> None:
+    newcomers = spark.createDataFrame(
+        [("new-fr", "FR"), ("new-nowhere", None), ("new-de", "DE")],
+        "customer_id string, country string",
+    )
+    got = by_customer(recommend.recommend_customers(newcomers, popular, k=4))
+    assert got["new-fr"] == [
+        (1, "f1", "popular"),
+        (2, "f2", "popular"),
+        (3, "f3", "popular"),
+        (4, "g1", "popular"),
+    ]
+    # No country, or one without enough recent products: the global ranking.
+    assert got["new-nowhere"] == got["new-de"] == [(i, f"g{i}", "popular") for i in range(1, 5)]
+    # A plain list of ids works too.
+    ids = spark.createDataFrame([("someone",)], "customer_id string")
+    assert [
+        p for _, p, _ in by_customer(recommend.recommend_customers(ids, popular, k=2))["someone"]
+    ] == ["g1", "g2"]
+
+
+def two_taste_history() -> list[Row]:
+    """12 customers in two taste groups (a: p1-p5, b: p6-p10), UK and FR, over 90 days; one
+    customer who only viewed, a guest, and a return."""
+    rows: list[Row] = []
+    start = date(2011, 1, 1)
+    for i in range(12):
+        customer, country = f"c{i:02d}", "UK" if i < 8 else "FR"
+        group = [f"p{n}" for n in (range(1, 6) if i % 2 == 0 else range(6, 11))]
+        for j in range(9):
+            day = start + timedelta(days=(i * 5 + j * 10) % 90)
+            product = group[(i + j * 2) % 4]  # the fifth product of a group is rarer
+            rows.append((f"i{i}-{j}", customer, product, 1, day.isoformat(), "purchase", country))
+        rows.append(
+            (
+                f"x{i}",
+                customer,
+                group[4],
+                1,
+                (start + timedelta(days=80 + i % 5)).isoformat(),
+                "purchase",
+                country,
+            )
+        )
+    rows.append(("v1", "viewer", "p1", 1, "2011-02-01", "view", "UK"))
+    rows.append(("g1", None, "p9", 3, "2011-03-20", "purchase", "UK"))
+    rows.append(("C1", "c00", "p1", 1, "2011-02-02", "purchase", "UK"))
+    rows.append(("last", "c01", "p6", 1, "2011-03-31", "purchase", "UK"))
+    return rows
+
+
+def write_silver(settings: Settings, spark: SparkSession, rows: list[Row]) -> Lakehouse:
+    lake = Lakehouse(settings, spark)
+    lake.overwrite("silver.transactions", silver(spark, rows))
+    transactions = lake.read("silver.transactions")
+    lake.overwrite("silver.products", clean.build_products(transactions))
+    lake.overwrite("silver.customers", clean.build_customers(transactions))
+    return lake
+
+
+def test_serve_excludes_bought_products_unless_told_not_to(spark: SparkSession) -> None:
+    transactions = silver(spark, two_taste_history())
+    history = recommend.interactions(transactions)
+    indexers = recommend.fit_indexers(history)
+    als = recommend.als_estimator(
+        rank=2, reg_param=0.1, alpha=5.0, max_iter=5, seed=1, blocks=2
+    ).fit(indexers.index(history))
+    model = PipelineModel(stages=[indexers.user, indexers.item, als])
+    customers = spark.createDataFrame([(f"c{i:02d}",) for i in range(12)], "customer_id string")
+    popular = recommend.popularity(
+        transactions, end=date(2011, 4, 1), days=30, min_country_products=3
+    )
+    bought = recommend.purchased(transactions)
+    bought_pairs = {(r.customer_id, r.product_id) for r in bought.collect()}
+
+    excluded = recommend.serve(model, customers, popular, k=3, bought=bought).collect()
+    assert len(excluded) == 36
+    assert not {(r.customer_id, r.product_id) for r in excluded} & bought_pairs
+    assert {r.source for r in excluded} == {S.SOURCE_ALS}
+
+    allowed = recommend.serve(model, customers, popular, k=3, bought=None).collect()
+    assert len(allowed) == 36
+    # The model learned the groups, so without exclusion it recommends what they buy.
+    assert {(r.customer_id, r.product_id) for r in allowed} & bought_pairs
+
+
+def test_run_writes_k_rows_per_customer_idempotently_and_registers(
+    tmp_path: Path, spark: SparkSession
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        **{
+            "recommend.k": 3,
+            "recommend.eval_days": 14,
+            "recommend.popular_days": 30,
+            "recommend.ranks": [2],
+            "recommend.reg_params": [0.1],
+            "recommend.alphas": [5.0],
+            "recommend.max_iter": 5,
+        },
+    )
+    lake = write_silver(settings, spark, two_taste_history())
+
+    first = recommend.run(settings, spark)
+    assert first.as_of == date(2011, 4, 1) and first.eval_cutoff == date(2011, 3, 18)
+    assert first.decision.promoted and first.model_version == first.decision.challenger_version
+    assert 0.0 <= first.repeat_share <= 1.0
+    assert set(first.metrics) == {(m, mode) for m in ("als", "popular") for mode in ("all", "new")}
+    assert any("NDCG@3" in line for line in first.summary())
+
+    gold = lake.read("gold.recommendations")
+    assert gold.columns == S.RECOMMENDATIONS.fieldNames()
+    rows = gold.collect()
+    got = by_customer(gold)
+    known = {r.customer_id for r in lake.read("silver.customers").collect()}
+    assert set(got) == known and "viewer" in known
+    assert all([rank for rank, _, _ in recs] == [1, 2, 3] for recs in got.values())
+    assert first.rows_written == len(rows) == 3 * len(known)
+    # The viewer bought nothing: popular products only. Nobody is offered what they bought.
+    assert {source for _, _, source in got["viewer"]} == {S.SOURCE_POPULAR}
+    bought = {
+        (r.customer_id, r.product_id)
+        for r in recommend.purchased(lake.read("silver.transactions")).collect()
+    }
+    assert not {(r.customer_id, r.product_id) for r in rows} & bought
+    assert {r.as_of_date for r in rows} == {date(2011, 4, 1)}
+    assert all(r.product_name == f"name {r.product_id}" for r in rows)
+
+    client = tracking.configure(settings)
+    name = settings.recommend.model_name
+    champion = client.get_model_version_by_alias(name, registry.CHAMPION)
+    assert str(champion.version) == first.decision.challenger_version
+    assert champion.tags["eval_cutoff"] == "2011-03-18" and "eval_ndcg_at_k" in champion.tags
+    parent = client.get_run(first.parent_run_id)
+    assert (
+        "als_new_ndcg_at_k" in parent.data.metrics
+        and "pop_all_precision_at_k" in parent.data.metrics
+    )
+    assert "repeat_share" in parent.data.metrics
+
+    # Same data, same as-of date: the champion stays and the rows are the same, not doubled.
+    second = recommend.run(settings, spark)
+    assert not second.decision.promoted and second.model_version == first.model_version
+    again = lake.read("gold.recommendations").collect()
+    assert sorted(again) == sorted(rows)
+
+
+def test_too_little_history_is_a_clear_error(tmp_path: Path, spark: SparkSession) -> None:
+    settings = make_settings(tmp_path, **{"recommend.eval_days": 30})
+    rows: list[Row] = [
+        ("i1", "c1", "p1", 1, "2011-03-20", "purchase", "UK"),
+        ("i2", "c2", "p2", 1, "2011-03-31", "purchase", "UK"),
+    ]
+    write_silver(settings, spark, rows)
+    with pytest.raises(
+        RetailmlError,
+        match="no purchases by known customers before the evaluation cutoff 2011-03-02",
+    ):
+        recommend.run(settings, spark)
+
+
+def test_missing_columns_are_named(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("c1", "p1")], "customer_id string, product_id string")
+    with pytest.raises(InputError, match=r"silver\.transactions lacks column.*quantity"):
+        recommend.check_transactions(df)
+
+
+class _Registry:
+    """Just enough of MlflowClient for champion_metric."""
+
+    def __init__(self, tags: dict[str, str] | None) -> None:
+        self.tags = tags
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> SimpleNamespace:
+        if self.tags is None:
+            raise MlflowException("no alias")
+        return SimpleNamespace(version="3")
+
+    def get_model_version(self, name: str, version: str) -> SimpleNamespace:
+        return SimpleNamespace(tags=self.tags)
+
+
+def test_champion_metric_is_used_only_when_comparable() -> None:
+    tags = {
+        "eval_cutoff": "2011-03-18",
+        "eval_mode": "new",
+        "eval_k": "5",
+        "eval_ndcg_at_k": "0.25",
+    }
+    client: Any = _Registry(tags)
+    same = recommend.champion_metric(client, "m", cutoff=date(2011, 3, 18), mode="new", k=5)
+    assert same == ("3", 0.25, None)
+    # Another cutoff: the champion's final model has seen this window, so no comparison.
+    version, metric, why = recommend.champion_metric(
+        client, "m", cutoff=date(2011, 4, 1), mode="new", k=5
+    )
+    assert (version, metric) == ("3", None) and why is not None and "not comparable" in why
+    nobody: Any = _Registry(None)
+    assert recommend.champion_metric(nobody, "m", cutoff=date(2011, 4, 1), mode="new", k=5) == (
+        None,
+        None,
+        None,
+    )
