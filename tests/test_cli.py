@@ -105,6 +105,9 @@ def test_run_end_to_end_on_generated_data(
     monkeypatch.setenv("RETAILML_FEATURES_TRAIN_CUTOFFS", "2")
     monkeypatch.setenv("RETAILML_TRAIN_FAMILIES", '["logistic_regression"]')
     monkeypatch.setenv("RETAILML_TRAIN_FOLDS", "2")
+    monkeypatch.setenv("RETAILML_RECOMMEND_RANKS", "[8]")
+    monkeypatch.setenv("RETAILML_RECOMMEND_REG_PARAMS", "[0.1]")
+    monkeypatch.setenv("RETAILML_RECOMMEND_ALPHAS", "[10]")
     result = CliRunner().invoke(cli, ["run"])
     assert result.exit_code == 0, result.output
     assert "generated lines" in result.output
@@ -128,6 +131,9 @@ def test_run_end_to_end_on_generated_data(
         assert (in_tmp / "lakehouse" / layer / table / "_delta_log").is_dir()
     assert "logistic_regression" in result.output and "promoted to champion" in result.output
     assert (in_tmp / "mlflow" / "mlflow.db").is_file()
+    for table in ("purchase_propensity", "top_buyers", "recommendations"):
+        assert (in_tmp / "lakehouse" / "gold" / table / "_delta_log").is_dir()
+    assert "top predicted buyers:" in result.output and "NDCG@" in result.output
 
     # A second run reuses the data and leaves the same tables (no duplicates).
     again = CliRunner().invoke(cli, ["run"])

@@ -19,8 +19,8 @@ from retailml.settings import Settings
 
 Echo = Callable[[str], Any]
 
-# The tasks in dependency order; later issues add features → train → score, recommend, report.
-TASK_ORDER = ("ingest", "clean", "features", "train", "score")
+# The tasks in dependency order (the DAG and the report come with the workflow issue).
+TASK_ORDER = ("ingest", "clean", "features", "train", "score", "recommend")
 
 
 @contextmanager
@@ -93,7 +93,7 @@ def generate_data(settings: Settings, *, out: Path | None = None, force: bool = 
 
 
 def _tasks() -> dict[str, Callable[[Settings, SparkSession], Any]]:
-    from retailml.stages import clean, features, ingest, score, train
+    from retailml.stages import clean, features, ingest, recommend, score, train
 
     return {
         "ingest": ingest.run,
@@ -101,6 +101,7 @@ def _tasks() -> dict[str, Callable[[Settings, SparkSession], Any]]:
         "features": features.run,
         "train": train.run,
         "score": score.run,
+        "recommend": recommend.run,
     }
 
 
