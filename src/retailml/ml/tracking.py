@@ -13,8 +13,14 @@ from retailml.settings import Settings
 
 def configure(settings: Settings) -> MlflowClient:
     """Point MLflow at the settings' tracking and registry store; returns a client for it."""
-    # The sqlite store runs its schema migrations through alembic, which logs every step.
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.utils.requirements_utils"):
+    # The sqlite store runs its schema migrations through alembic, which logs every step, and
+    # mlflow.spark announces at INFO that a registry URI is not a DFS path on every load.
+    for name in (
+        "alembic",
+        "mlflow.store.db.utils",
+        "mlflow.utils.requirements_utils",
+        "mlflow.spark",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
