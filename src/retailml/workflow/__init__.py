@@ -6,6 +6,7 @@ task can be re-run alone and maps one-to-one onto a Databricks job task.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -57,14 +58,12 @@ def generate_data(settings: Settings, *, out: Path | None = None, force: bool = 
         if stored.get("params") == params:
             s = stored["summary"]
             return GenerateSummary(
-                out_dir=Path(s["out_dir"]),
-                files=tuple(Path(f) for f in s["files"]),
-                ground_truth_dir=Path(s["ground_truth_dir"]),
-                lines=s["lines"],
-                malformed_lines=s["malformed_lines"],
-                invoices=s["invoices"],
-                customers=s["customers"],
-                products=s["products"],
+                **{
+                    **s,
+                    "out_dir": Path(s["out_dir"]),
+                    "files": tuple(Path(f) for f in s["files"]),
+                    "ground_truth_dir": Path(s["ground_truth_dir"]),
+                }
             )
     g = settings.generate
     summary = generate(
@@ -78,16 +77,8 @@ def generate_data(settings: Settings, *, out: Path | None = None, force: bool = 
         guest_fraction=g.guest_fraction,
         return_fraction=g.return_fraction,
     )
-    stored_summary = {
-        "out_dir": str(summary.out_dir),
-        "files": [str(f) for f in summary.files],
-        "ground_truth_dir": str(summary.ground_truth_dir),
-        "lines": summary.lines,
-        "malformed_lines": summary.malformed_lines,
-        "invoices": summary.invoices,
-        "customers": summary.customers,
-        "products": summary.products,
-    }
+    # Paths become strings; everything else in the summary is already JSON.
+    stored_summary = json.loads(json.dumps(dataclasses.asdict(summary), default=str))
     marker.write_text(json.dumps({"params": params, "summary": stored_summary}, indent=2))
     return summary
 
