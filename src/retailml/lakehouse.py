@@ -89,6 +89,18 @@ TABLES: dict[str, TableSpec] = {
             "recommend",
             "top-k products per customer (ALS, or the popularity fallback) per as-of date",
         ),
+        TableSpec(
+            "ops.workflow_runs",
+            S.WORKFLOW_RUNS,
+            "run",
+            "the workflow's runs: tasks covered, trigger, status (append-only, latest row wins)",
+        ),
+        TableSpec(
+            "ops.task_runs",
+            S.TASK_RUNS,
+            "run",
+            "every task attempt of every run: status, start, end, error, outputs",
+        ),
     )
 }
 
@@ -140,9 +152,9 @@ class Lakehouse:
         """
         if not self.exists(name):
             producer = self.spec(name).producer
+            command = "retailml run" if producer == "run" else f"retailml task {producer}"
             raise TableNotFoundError(
-                f"table {name} does not exist yet ({self.location(name)}); "
-                f"run `retailml task {producer}` first"
+                f"table {name} does not exist yet ({self.location(name)}); run `{command}` first"
             )
         if self._by_name:
             return self.spark.table(self.location(name))

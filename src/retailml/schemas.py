@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pyspark.sql.types import (
+    ArrayType,
     BooleanType,
     DateType,
     DoubleType,
@@ -228,4 +229,50 @@ RECOMMENDATIONS = _fields(
     (SOURCE, StringType(), False),
     (MODEL_VERSION, StringType(), True),
     (AS_OF_DATE, DateType(), False),
+)
+
+
+# Ops: the workflow's run history (append-only; the latest row of a run or attempt wins).
+RUN_ID = "run_id"
+TASK = "task"
+ATTEMPT = "attempt"
+STATUS = "status"
+STARTED_AT = "started_at"
+ENDED_AT = "ended_at"
+SECONDS = "seconds"
+ERROR = "error"
+RECORDED_AT = "recorded_at"
+# A run's or a task attempt's status.
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+TIMED_OUT = "timed_out"
+UPSTREAM_FAILED = "upstream_failed"  # never started: a task it depends on failed
+INTERRUPTED = "interrupted"  # shown for a run left "running" by a process that died
+
+WORKFLOW_RUNS = _fields(
+    (RUN_ID, StringType(), False),
+    (STATUS, StringType(), False),
+    ("tasks", ArrayType(StringType(), False), False),  # the tasks the run covers, in order
+    ("trigger", StringType(), False),  # run | from TASK | only TASKS | resume RUN_ID
+    ("resumed_from", StringType(), True),
+    (STARTED_AT, TimestampType(), False),
+    (ENDED_AT, TimestampType(), True),
+    (ERROR, StringType(), True),
+    ("user", StringType(), True),
+    ("host", StringType(), True),
+    (RECORDED_AT, TimestampType(), False),
+)
+
+TASK_RUNS = _fields(
+    (RUN_ID, StringType(), False),
+    (TASK, StringType(), False),
+    (ATTEMPT, IntegerType(), False),
+    (STATUS, StringType(), False),
+    (STARTED_AT, TimestampType(), True),
+    (ENDED_AT, TimestampType(), True),
+    (SECONDS, DoubleType(), True),
+    (ERROR, StringType(), True),
+    ("outputs", ArrayType(StringType(), False), False),  # the task's summary lines
+    (RECORDED_AT, TimestampType(), False),
 )

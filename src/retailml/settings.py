@@ -174,6 +174,31 @@ class RecommendSettings(_Section):
     model_name: str = "retailml-recommender"
 
 
+class WorkflowSettings(_Section):
+    """The DAG runner and its Databricks export (the tasks themselves are in workflow/job.yml)."""
+
+    schedule_cron: str = Field(
+        "0 0 6 * * ?", description="Quartz cron of the Databricks job's schedule (daily 06:00)."
+    )
+    schedule_timezone: str = "UTC"
+    schedule_paused: bool = Field(True, description="Export the schedule paused.")
+    job_catalog: str = Field("main", description="Default of the Databricks job's catalog.")
+    job_schema: str = Field("retailml", description="Default of the Databricks job's schema.")
+    databricks_spark_version: str = Field(
+        "17.3.x-cpu-ml-scala2.13", description="Runtime of the job cluster (an ML runtime)."
+    )
+    databricks_node_type: str = Field("i3.xlarge", description="Node type of the job cluster.")
+    databricks_workers: int = Field(2, ge=0, description="Workers of the job cluster.")
+
+
+class ReportSettings(_Section):
+    """The HTML report written at the end of a run."""
+
+    dir: str = Field("reports", description="Reports go to <dir>/<run_id>/index.html.")
+    sample_customers: int = Field(5, ge=1, description="Customers shown with recommendations.")
+    experiment: str = Field("retailml-workflow", description="MLflow experiment of the reports.")
+
+
 class Settings(_Section):
     """Everything a task needs to know; see the module docstring for where values come from."""
 
@@ -192,6 +217,8 @@ class Settings(_Section):
     train: TrainSettings = Field(default_factory=lambda: TrainSettings())
     score: ScoreSettings = Field(default_factory=lambda: ScoreSettings())
     recommend: RecommendSettings = Field(default_factory=lambda: RecommendSettings())
+    workflow: WorkflowSettings = Field(default_factory=lambda: WorkflowSettings())
+    report: ReportSettings = Field(default_factory=lambda: ReportSettings())
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
