@@ -121,26 +121,139 @@ def generate(state: _State, out: Path | None, seed: int | None, **sizes: Any) ->
 @click.option(
     "--source", help="ingest: a file or folder of CSV / Parquet (default: generated data)."
 )
+@click.option(
+    "--run-id",
+    help="Record the attempt under this workflow run (a Databricks job passes its run id); "
+    "without it the task runs as a one-task workflow run, with retries, lock and history.",
+)
 @pass_state
-def task(state: _State, name: str, source: str | None) -> None:
-    """Run one workflow task (what a Databricks job task calls)."""
-    from retailml.workflow import run_task, session
+def task(state: _State, name: str, source: str | None, run_id: str | None) -> None:
+    """Run one workflow task (what each task of the Databricks job calls)."""
+    from retailml.workflow import run_task, run_workflow, session
+    from retailml.workflow.history import History
 
     settings = state.settings(**({"ingest.source": source} if source else {}))
+    if run_id is None:
+        _check_outcome(run_workflow(settings, only=(name,), echo=click.echo))
+        return
     with session(settings) as spark:
-        run_task(name, settings, spark, echo=click.echo)
+        attempt = History(settings, spark).next_attempt(run_id, name)
+        run_task(name, settings, spark, run_id=run_id, attempt=attempt, echo=click.echo)
 
 
 @cli.command()
 @click.option("--source", help="A file or folder of CSV / Parquet (default: generate data).")
+@click.option(
+    "--from",
+    "from_",
+    type=click.Choice(list(TASK_ORDER)),
+    help="Start at this task and run everything downstream of it.",
+)
+@click.option(
+    "--only",
+    type=click.Choice(list(TASK_ORDER)),
+    multiple=True,
+    help="Run just this task (repeatable); its inputs must exist.",
+)
+@click.option(
+    "--resume",
+    metavar="RUN_ID",
+    help="Re-run only the tasks of that run that did not succeed (as a new run).",
+)
 @pass_state
-def run(state: _State, source: str | None) -> None:
-    """Run the whole workflow: generate (if no source), then every task in order."""
-    from retailml.workflow import run_all, session
+def run(
+    state: _State, source: str | None, from_: str | None, only: tuple[str, ...], resume: str | None
+) -> None:
+    """Run the workflow's DAG: ingest → clean → features → train → score, clean → recommend,
+    then the report. Generates demo data when no source is set."""
+    from retailml.workflow import run_workflow
 
     settings = state.settings(**({"ingest.source": source} if source else {}))
+    _check_outcome(run_workflow(settings, from_=from_, only=only, resume=resume, echo=click.echo))
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("--limit", default=20, show_default=True, help="How many recent runs to list.")
+@pass_state
+def runs(state: _State, run_id: str | None, limit: int) -> None:
+    """List recent workflow runs, or show one run's task attempts."""
+    from retailml import schemas as S
+    from retailml.workflow import session
+    from retailml.workflow.history import History
+    from retailml.workflow.lock import running_run
+
+    settings = state.settings()
     with session(settings) as spark:
-        run_all(settings, spark, echo=click.echo)
+        history = History(settings, spark)
+        if run_id is None:
+            active = running_run(settings)
+            rows = [("run", "status", "trigger", "started (UTC)", "seconds", "tasks")]
+            for r in history.runs(limit):
+                status = r.status
+                if status == S.RUNNING and r.run_id != active:
+                    status = S.INTERRUPTED
+                seconds = (
+                    f"{(r.ended_at - r.started_at).total_seconds():.0f}" if r.ended_at else "-"
+                )
+                rows.append(
+                    (
+                        r.run_id,
+                        status,
+                        r.trigger,
+                        f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+                        seconds,
+                        ",".join(r.tasks),
+                    )
+                )
+            if len(rows) == 1:
+                click.echo("no workflow runs yet; `retailml run` starts one")
+                return
+            _echo_table(rows)
+            return
+        attempts = history.attempts(run_id)
+        if not attempts:
+            history.run(run_id)  # raises the one-line "no workflow run" error
+        rows = [("task", "attempt", "status", "started (UTC)", "seconds", "error / output")]
+        for a in attempts:
+            started = f"{a.started_at:%H:%M:%S}" if a.started_at else "-"
+            seconds = f"{a.seconds:.1f}" if a.seconds is not None else "-"
+            detail = a.error or (a.outputs[0] if a.outputs else "")
+            rows.append((a.task, str(a.attempt), a.status, started, seconds, detail))
+        _echo_table(rows)
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bundle"),
+    show_default=True,
+    help="Folder to write the Databricks Asset Bundle to.",
+)
+@pass_state
+def bundle(state: _State, out: Path) -> None:
+    """Export the workflow as a Databricks Asset Bundle (databricks.yml + the job)."""
+    from retailml.workflow.bundle import write_bundle
+
+    settings = state.settings()
+    for path in write_bundle(settings, out):
+        click.echo(f"wrote {path}")
+    click.echo(f"deploy with: cd {out} && databricks bundle deploy -t dev")
+
+
+def _check_outcome(outcome: Any) -> None:
+    """Exit non-zero with the failed task and its reason when a run did not succeed."""
+    from retailml import schemas as S
+
+    if outcome is None or outcome.status == S.SUCCEEDED:
+        return
+    failed = outcome.failed
+    where = f"task {failed.task} {failed.status}: {failed.error}" if failed else outcome.status
+    raise click.ClickException(
+        f"run {outcome.run_id} failed: {where} (resume with `retailml run --resume "
+        f"{outcome.run_id}`)"
+    )
 
 
 @cli.command()

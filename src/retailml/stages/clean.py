@@ -52,6 +52,12 @@ class CleanResult:
     products: int
     customers: int
 
+    def headline(self) -> str:
+        return (
+            f"{self.transactions:,} transactions, {self.products:,} products, "
+            f"{self.customers:,} customers"
+        )
+
     def summary(self) -> list[str]:
         return [
             f"silver.transactions {self.transactions:,} (dropped {self.duplicates_dropped:,} "

@@ -107,6 +107,9 @@ class FeaturesResult:
     rows: dict[str, int]
     positive_rate: dict[str, float]
 
+    def headline(self) -> str:
+        return ", ".join(f"{n:,} {split}" for split, n in self.rows.items()) + " rows"
+
     def summary(self) -> list[str]:
         lines = []
         for split, dates in self.cutoffs.items():

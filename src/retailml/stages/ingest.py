@@ -117,6 +117,9 @@ class IngestResult:
     reasons: dict[str, int]
     batch_id: str
 
+    def headline(self) -> str:
+        return f"{self.bronze_rows:,} bronze rows, {self.quarantine_rows:,} quarantined"
+
     def summary(self) -> list[str]:
         lines = [
             f"{self.files} files, {self.input_rows:,} input rows → bronze.transactions "

@@ -604,6 +604,15 @@ class RecommendResult:
     seconds: float
     parent_run_id: str
 
+    def headline(self) -> str:
+        mode = self.tuned_mode
+        als = self.metrics[(ALS_MODEL, mode)].ndcg_at_k
+        popular = self.metrics[(POPULAR_MODEL, mode)].ndcg_at_k
+        return (
+            f"{self.rows_written:,} rows; NDCG@{self.k} ({mode}) ALS {als:.4f} vs "
+            f"popular {popular:.4f}"
+        )
+
     def summary(self) -> list[str]:
         k = self.k
         lines = [

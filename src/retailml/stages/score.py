@@ -34,6 +34,9 @@ class ScoreResult:
     customers: int
     top: list[tuple[int, str, float]]  # (rank, customer, probability) of the first rows
 
+    def headline(self) -> str:
+        return f"{self.customers:,} customers scored by version {self.model_version}"
+
     def summary(self) -> list[str]:
         lines = [
             f"scored {self.customers:,} customers as of {self.as_of} with "

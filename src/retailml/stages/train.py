@@ -67,6 +67,11 @@ class TrainResult:
     train_rows: int
     holdout_rows: int
 
+    def headline(self) -> str:
+        best = max(self.families, key=lambda r: r.holdout.roc_auc)
+        verdict = "promoted" if self.decision.promoted else "champion kept"
+        return f"best {best.family} ROC-AUC {best.holdout.roc_auc:.4f}, {verdict}"
+
     def summary(self) -> list[str]:
         lines = [
             f"{self.train_rows:,} training rows; held-out cutoff {self.holdout_cutoff} "

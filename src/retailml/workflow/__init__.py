@@ -1,7 +1,9 @@
-"""The workflow: which tasks exist, in what order, and how one is run and reported.
+"""The workflow: the tasks of ``job.yml`` bound to their functions, and the commands that run them.
 
 Each task is a plain function of (settings, SparkSession) that reads and writes tables, so any
-task can be re-run alone and maps one-to-one onto a Databricks job task.
+task can be re-run alone and maps one-to-one onto a Databricks job task. ``run_workflow`` runs
+a selection of the DAG with the local runner; ``run_task`` runs one task the way a Databricks
+job task does.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from retailml import schemas as S
+from retailml.errors import RetailmlError
 from retailml.settings import Settings
+from retailml.workflow.dag import Dag, load_dag
 
 Echo = Callable[[str], Any]
 
-# The tasks in dependency order (the DAG and the report come with the workflow issue).
-TASK_ORDER = ("ingest", "clean", "features", "train", "score", "recommend")
+# The tasks in run order, from the one definition in job.yml.
+TASK_ORDER = load_dag().order()
 
 
 @contextmanager
@@ -83,49 +88,161 @@ def generate_data(settings: Settings, *, out: Path | None = None, force: bool = 
     return summary
 
 
-def _tasks() -> dict[str, Callable[[Settings, SparkSession], Any]]:
-    from retailml.stages import clean, features, ingest, recommend, score, train
+def task_functions(
+    settings: Settings, spark: SparkSession, *, run_id: str, echo: Echo = print
+) -> dict[str, Callable[[], Any]]:
+    """Every task of the workflow as a callable bound to the settings, session and run."""
+    from retailml.stages import clean, features, ingest, recommend, report, score, train
+
+    def ingest_task() -> Any:
+        if not settings.ingest.source:
+            started = time.monotonic()
+            summary = generate_data(settings)
+            echo(
+                f"  data: {summary.lines:,} generated lines in {len(summary.files)} files under "
+                f"{summary.out_dir} ({time.monotonic() - started:.1f} s)"
+            )
+        return ingest.run(settings, spark)
 
     return {
-        "ingest": ingest.run,
-        "clean": clean.run,
-        "features": features.run,
-        "train": train.run,
-        "score": score.run,
-        "recommend": recommend.run,
+        "ingest": ingest_task,
+        "clean": lambda: clean.run(settings, spark),
+        "features": lambda: features.run(settings, spark),
+        "train": lambda: train.run(settings, spark),
+        "score": lambda: score.run(settings, spark),
+        "recommend": lambda: recommend.run(settings, spark),
+        "report": lambda: report.run(settings, spark, run_id=run_id),
     }
 
 
-def run_task(name: str, settings: Settings, spark: SparkSession, *, echo: Echo = print) -> Any:
-    """Run one task by name and print what it did (each result knows its own summary lines).
+def selection(
+    dag: Dag,
+    *,
+    from_: str | None = None,
+    only: tuple[str, ...] = (),
+    resume: str | None = None,
+    history: Any = None,
+) -> tuple[tuple[str, ...], str]:
+    """The tasks a run covers and how it was triggered (``run``, ``from X``, ``resume ID``…).
+
+    A resumed run covers the tasks of that run that did not succeed, in run order.
+    """
+    if resume:
+        if from_ or only:
+            raise RetailmlError("--resume re-runs what did not succeed; drop --from / --only")
+        original = history.run(resume)
+        done = history.succeeded_tasks(resume)
+        return tuple(k for k in dag.order() if k in original.tasks and k not in done), (
+            f"resume {resume}"
+        )
+    tasks = dag.select(from_=from_, only=only)
+    trigger = f"from {from_}" if from_ else f"only {','.join(tasks)}" if only else "run"
+    return tasks, trigger
+
+
+def run_workflow(
+    settings: Settings,
+    *,
+    from_: str | None = None,
+    only: tuple[str, ...] = (),
+    resume: str | None = None,
+    echo: Echo = print,
+    live: bool | None = None,
+    functions: Callable[..., dict[str, Callable[[], Any]]] | None = None,
+) -> Any:
+    """Run the workflow (or a selection of it) with the local runner, holding the lake's lock.
+
+    Returns:
+        The :class:`~retailml.workflow.runner.RunOutcome`; its ``status`` says whether every
+        task succeeded.
+
+    Raises:
+        WorkflowBusyError: Another run is writing to the same lake.
+    """
+    from retailml.workflow.history import History, new_run_id
+    from retailml.workflow.lock import RunLock
+    from retailml.workflow.runner import Runner
+
+    dag = load_dag()
+    run_id = new_run_id()
+    with RunLock(settings, run_id), session(settings) as spark:
+        history = History(settings, spark)
+        tasks, trigger = selection(dag, from_=from_, only=only, resume=resume, history=history)
+        if not tasks:
+            echo(f"nothing to run: every task of run {resume} succeeded")
+            return None
+        echo(f"run {run_id}: {' → '.join(tasks)}")
+        runner = Runner(
+            dag,
+            (functions or task_functions)(settings, spark, run_id=run_id, echo=echo),
+            history=history,
+            spark=spark,
+            echo=echo,
+            live=live,
+        )
+        outcome = runner.run(run_id, tasks, trigger=trigger, resumed_from=resume)
+        _echo_table(outcome.table(), echo)
+        if outcome.status == S.SUCCEEDED:
+            _echo_locations(settings, spark, outcome, echo)
+        echo(f"run {run_id} {outcome.status} in {outcome.seconds:.0f} s")
+    return outcome
+
+
+def run_task(
+    name: str,
+    settings: Settings,
+    spark: SparkSession,
+    *,
+    run_id: str,
+    attempt: int = 1,
+    echo: Echo = print,
+) -> Any:
+    """Run one task once, record the attempt under ``run_id``, print what it did.
+
+    This is what ``retailml task NAME`` does, and what each task of the Databricks job runs
+    (there the platform does the retries and the run id is the job run's).
 
     Returns:
         The task's result object.
     """
-    tasks = _tasks()
-    if name not in tasks:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_ORDER)}")
-    started = time.monotonic()
+    from retailml.workflow.history import AttemptRecord, History, utcnow
+
+    if name not in TASK_ORDER:
+        raise RetailmlError(f"unknown task {name!r}; known: {', '.join(TASK_ORDER)}")
+    fn = task_functions(settings, spark, run_id=run_id, echo=echo)[name]
+    history = History(settings, spark)
+    started, started_at = time.monotonic(), utcnow()
     echo(f"{name} ...")
-    result = tasks[name](settings, spark)
-    for line in result.summary():
+    try:
+        result = fn()
+    except Exception as exc:
+        history.record_attempt(
+            AttemptRecord(
+                run_id,
+                name,
+                attempt,
+                S.FAILED,
+                started_at,
+                utcnow(),
+                time.monotonic() - started,
+                f"{exc.__class__.__name__}: {exc}".splitlines()[0],
+            )
+        )
+        raise
+    seconds = time.monotonic() - started
+    lines = tuple(result.summary())
+    for line in lines:
         echo(f"  {line}")
-    echo(f"{name} done in {time.monotonic() - started:.1f} s")
+    history.record_attempt(
+        AttemptRecord(
+            run_id, name, attempt, S.SUCCEEDED, started_at, utcnow(), seconds, None, lines
+        )
+    )
+    echo(f"{name} done in {seconds:.1f} s")
     return result
 
 
-def run_all(settings: Settings, spark: SparkSession, *, echo: Echo = print) -> dict[str, Any]:
-    """Run every task in order; generate the default data first when no source is set."""
-    results: dict[str, Any] = {}
-    if not settings.ingest.source:
-        started = time.monotonic()
-        summary = generate_data(settings)
-        echo(
-            f"data: {summary.lines:,} generated lines in {len(summary.files)} files under "
-            f"{summary.out_dir} ({time.monotonic() - started:.1f} s)"
-        )
-    for name in TASK_ORDER:
-        results[name] = run_task(name, settings, spark, echo=echo)
+def _echo_locations(settings: Settings, spark: SparkSession, outcome: Any, echo: Echo) -> None:
     from retailml.lakehouse import TABLES, Lakehouse
 
     lake = Lakehouse(settings, spark)
@@ -135,4 +252,14 @@ def run_all(settings: Settings, spark: SparkSession, *, echo: Echo = print) -> d
             echo(f"  {name:<25} {lake.read(name).count():>10,} rows  {lake.location(name)}")
     uri = settings.tracking_uri
     echo(f"MLflow: {uri} (browse with `mlflow ui --backend-store-uri {uri}`)")
-    return results
+    report = next((t.result for t in outcome.tasks if t.task == "report" and t.result), None)
+    if report is not None:
+        echo(f"report: {report.path}")
+
+
+def _echo_table(rows: list[tuple[str, ...]], echo: Echo) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            echo("  ".join("-" * w for w in widths))
