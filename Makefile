@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint jars install clean-data help
+.PHONY: run test lint jars browser install clean-data help
 
 help:
 	@echo "make run    set up (venv, package, Delta jars) and run the whole workflow on generated data"
@@ -30,7 +30,15 @@ jars: install
 run: jars
 	$(BIN)/retailml run
 
-test: jars
+# Headless Chromium (Debian's package) for the test that opens the report in a real browser;
+# installed once when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+test: jars browser
 	$(BIN)/python -m pytest
 
 lint: install

@@ -134,7 +134,10 @@ def task(state: _State, name: str, source: str | None, run_id: str | None) -> No
 
     settings = state.settings(**({"ingest.source": source} if source else {}))
     if run_id is None:
-        _check_outcome(run_workflow(settings, only=(name,), echo=click.echo))
+        outcome = run_workflow(settings, only=(name,), echo=click.echo, debug=state.debug)
+        if outcome is not None and outcome.failed is not None:
+            failed = outcome.failed
+            raise click.ClickException(f"task {name} {failed.status}: {failed.error}")
         return
     with session(settings) as spark:
         attempt = History(settings, spark).next_attempt(run_id, name)
@@ -169,7 +172,11 @@ def run(
     from retailml.workflow import run_workflow
 
     settings = state.settings(**({"ingest.source": source} if source else {}))
-    _check_outcome(run_workflow(settings, from_=from_, only=only, resume=resume, echo=click.echo))
+    _check_outcome(
+        run_workflow(
+            settings, from_=from_, only=only, resume=resume, echo=click.echo, debug=state.debug
+        )
+    )
 
 
 @cli.command()

@@ -300,3 +300,19 @@ def test_run_ids_sort_by_time() -> None:
     a = new_run_id(datetime(2026, 1, 2, 3, 4, 5))
     b = new_run_id(datetime(2026, 1, 2, 3, 4, 6))
     assert a.startswith("20260102-030405-") and a < b
+
+
+def test_a_users_mistake_is_not_retried() -> None:
+    from retailml.errors import InputError
+
+    calls: list[str] = []
+    dag = parse(SMALL)
+
+    def bad_input() -> None:
+        calls.append("b")
+        raise InputError("data.csv: column 'price' is missing")
+
+    functions = {**tasks([]), "b": bad_input}
+    outcome = runner(dag, functions, None).run("r", ("b",))
+    assert calls == ["b"]  # b has a retry, but a RetailmlError is permanent
+    assert outcome.tasks[0].error == "data.csv: column 'price' is missing"

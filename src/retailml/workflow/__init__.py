@@ -148,6 +148,7 @@ def run_workflow(
     resume: str | None = None,
     echo: Echo = print,
     live: bool | None = None,
+    debug: bool = False,
     functions: Callable[..., dict[str, Callable[[], Any]]] | None = None,
 ) -> Any:
     """Run the workflow (or a selection of it) with the local runner, holding the lake's lock.
@@ -179,6 +180,7 @@ def run_workflow(
             spark=spark,
             echo=echo,
             live=live,
+            debug=debug,
         )
         outcome = runner.run(run_id, tasks, trigger=trigger, resumed_from=resume)
         _echo_table(outcome.table(), echo)

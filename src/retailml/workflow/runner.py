@@ -1,8 +1,10 @@
 """The local runner: the DAG's tasks in dependency order, in one Spark session.
 
-Each task gets the attempts and timeout ``job.yml`` gives it. A task that finally fails marks
-every task downstream of it ``upstream_failed`` (they never start) while independent branches
-go on, as a Databricks job does. Every attempt is recorded in the run history as it ends.
+Each task gets the attempts and timeout ``job.yml`` gives it; a :class:`RetailmlError` (bad
+input, a bad setting, a missing table) is not retried, since it would fail the same way. A task
+that finally fails marks every task downstream of it ``upstream_failed`` (they never start)
+while independent branches go on, as a Databricks job does. Every attempt is recorded in the
+run history as it ends.
 
 A timeout cancels the task's Spark jobs: the attempt runs in a worker thread whose jobs carry a
 tag, and the runner interrupts that tag. Python code between Spark jobs cannot be interrupted;
@@ -14,6 +16,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -160,6 +163,7 @@ class Runner:
         echo: Where progress and task output go.
         sleep: The wait between attempts (tests pass a fake to avoid waiting).
         live: Force the terminal status line on or off (default: when stdout is a terminal).
+        debug: Print the traceback of every failed attempt.
     """
 
     def __init__(
@@ -172,6 +176,7 @@ class Runner:
         echo: Echo = print,
         sleep: Callable[[float], Any] = time.sleep,
         live: bool | None = None,
+        debug: bool = False,
     ) -> None:
         missing = [k for k in dag.keys if k not in functions]
         if missing:
@@ -181,6 +186,7 @@ class Runner:
         self.history = history
         self.spark = spark
         self.sleep = sleep
+        self.debug = debug
         self.progress = Progress(echo, live=live)
 
     def run(
@@ -234,6 +240,7 @@ class Runner:
             label = f"(attempt {attempt}/{spec.attempts})" if spec.attempts > 1 else ""
             self.progress.start(spec.key, label or "running")
             started, started_at = time.monotonic(), utcnow()
+            permanent = False
             try:
                 result = self._call(run_id, spec, attempt)
             except TaskTimeout as exc:
@@ -246,6 +253,11 @@ class Runner:
                 raise
             except Exception as exc:
                 status, error = S.FAILED, _describe_error(exc)
+                # A user's mistake (bad input, a setting, a missing table) fails the same way
+                # every time; anything else (a lost executor, a flaky store) may not.
+                permanent = isinstance(exc, RetailmlError)
+                if self.debug:
+                    self.progress.echo(traceback.format_exc().rstrip())
             else:
                 seconds = time.monotonic() - started
                 self.progress.done()
@@ -263,7 +275,11 @@ class Runner:
             seconds = time.monotonic() - started
             self.progress.done()
             self._record_attempt(run_id, spec.key, attempt, status, started_at, seconds, error)
-            retry = attempt < spec.attempts and (status != S.TIMED_OUT or spec.retry_on_timeout)
+            retry = (
+                attempt < spec.attempts
+                and not permanent
+                and (status != S.TIMED_OUT or spec.retry_on_timeout)
+            )
             if retry:
                 self.progress.echo(
                     f"✘ {spec.key} {status} (attempt {attempt}/{spec.attempts}): {error}; "
