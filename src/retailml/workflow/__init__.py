@@ -9,6 +9,7 @@ job task does.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -92,7 +93,10 @@ def task_functions(
     settings: Settings, spark: SparkSession, *, run_id: str, echo: Echo = print
 ) -> dict[str, Callable[[], Any]]:
     """Every task of the workflow as a callable bound to the settings, session and run."""
-    from retailml.stages import clean, features, ingest, recommend, report, score, train
+
+    def stage(name: str) -> Any:
+        # Imported when the task runs, so a command needs only the stages it runs.
+        return importlib.import_module(f"retailml.stages.{name}")
 
     def ingest_task() -> Any:
         if not settings.ingest.source:
@@ -102,16 +106,16 @@ def task_functions(
                 f"  data: {summary.lines:,} generated lines in {len(summary.files)} files under "
                 f"{summary.out_dir} ({time.monotonic() - started:.1f} s)"
             )
-        return ingest.run(settings, spark)
+        return stage("ingest").run(settings, spark)
 
     return {
         "ingest": ingest_task,
-        "clean": lambda: clean.run(settings, spark),
-        "features": lambda: features.run(settings, spark),
-        "train": lambda: train.run(settings, spark),
-        "score": lambda: score.run(settings, spark),
-        "recommend": lambda: recommend.run(settings, spark),
-        "report": lambda: report.run(settings, spark, run_id=run_id),
+        "clean": lambda: stage("clean").run(settings, spark),
+        "features": lambda: stage("features").run(settings, spark),
+        "train": lambda: stage("train").run(settings, spark),
+        "score": lambda: stage("score").run(settings, spark),
+        "recommend": lambda: stage("recommend").run(settings, spark),
+        "report": lambda: stage("report").run(settings, spark, run_id=run_id),
     }
 
 
@@ -173,9 +177,13 @@ def run_workflow(
             echo(f"nothing to run: every task of run {resume} succeeded")
             return None
         echo(f"run {run_id}: {' → '.join(tasks)}")
+        # Task output goes through the runner's progress display (late-bound: it exists below).
+        def task_echo(line: str) -> None:
+            runner.progress.echo(line)
+
         runner = Runner(
             dag,
-            (functions or task_functions)(settings, spark, run_id=run_id, echo=echo),
+            (functions or task_functions)(settings, spark, run_id=run_id, echo=task_echo),
             history=history,
             spark=spark,
             echo=echo,
