@@ -1,0 +1,541 @@
+"""Report: one self-contained HTML page per workflow run, also logged to MLflow.
+
+Two halves. GATHER (this module) reads the lake and MLflow into one plain-Python
+:class:`~retailml.report.data.ReportData`: every table is aggregated in Spark first, and only
+bounded summaries come to the driver (a count per table, a row per week, a histogram, top-N
+lists). RENDER (:mod:`retailml.report.render`) turns it into HTML without Spark.
+
+A section whose source does not exist yet (a table not written, no MLflow run) becomes a short
+"not available: run `retailml task X`" note; the report itself never fails for it. The page goes
+to ``<report.dir>/<run_id>/index.html`` and, as an artifact, to an MLflow run named after the
+workflow run in ``report.experiment`` (the same run again when the task is retried).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from retailml import schemas as S
+from retailml.errors import RetailmlError
+from retailml.lakehouse import TABLES, Lakehouse
+from retailml.ml import registry, tracking
+from retailml.report import data as D
+from retailml.report.render import render_html
+from retailml.settings import Settings
+from retailml.workflow.history import History, final_attempts, new_run_id, utcnow
+
+SCORE_BINS = 20
+MAX_WEEKS = 520  # ten years of weekly sales
+MAX_REASONS = 12  # quarantine reasons shown; the rest are summed into one row
+TOP_BUYERS_SHOWN = 20
+TAG_WORKFLOW_RUN = "workflow_run_id"
+_PARENT = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Where the report went and what is on it."""
+
+    run_id: str
+    path: Path  # the index.html
+    mlflow_run_id: str | None
+    images: int
+    sections: tuple[str, ...]  # sections with content
+    missing: tuple[str, ...]  # sections shown as "not available"
+    size_bytes: int
+    gather_seconds: float
+    render_seconds: float
+
+    def headline(self) -> str:
+        shown = Path(*self.path.parts[-3:])  # <report.dir>/<run_id>/index.html
+        gaps = f", {len(self.missing)} sections not available" if self.missing else ""
+        return f"{shown}, {self.images} plots{gaps}"
+
+    def summary(self) -> list[str]:
+        lines = [
+            f"report: {self.path}",
+            f"{len(self.sections)} sections, {self.images} plots, "
+            f"{self.size_bytes / 1024:,.0f} KiB; gathered in {self.gather_seconds:.1f} s, "
+            f"rendered in {self.render_seconds:.1f} s",
+        ]
+        if self.missing:
+            lines.append(
+                "not available yet: " + ", ".join(D.TITLES[s].lower() for s in self.missing)
+            )
+        if self.mlflow_run_id:
+            lines.append(f"logged to MLflow run {self.mlflow_run_id}")
+        return lines
+
+
+class Unavailable(RetailmlError):
+    """A section's source does not exist yet; the message says which task makes it."""
+
+
+# --- GATHER: the lake -----------------------------------------------------------------------
+
+
+def _table(lake: Lakehouse, name: str) -> DataFrame:
+    if not lake.exists(name):
+        raise Unavailable(
+            f"{name} does not exist yet; run `retailml task {lake.spec(name).producer}`"
+        )
+    return lake.read(name)
+
+
+def table_counts(lake: Lakehouse) -> list[D.TableCount]:
+    """Rows of every table of the lake (None for one not written yet).
+
+    Delta answers a plain count from its transaction log's statistics, without a scan.
+    """
+    return [
+        D.TableCount(
+            spec.name,
+            spec.producer,
+            spec.description,
+            lake.read(name).count() if lake.exists(name) else None,
+        )
+        for name, spec in TABLES.items()
+    ]
+
+
+def quarantine_reasons(quarantine: DataFrame, *, top: int = MAX_REASONS) -> dict[str, int]:
+    """Quarantined rows per reason, largest first; past ``top`` reasons, one "other" row.
+
+    A reason's detail in parentheses (the offending value) is dropped, as ingest's summary does,
+    so the number of groups stays the number of checks.
+    """
+    head = F.regexp_extract(F.col(S.REASON), r"^([^(]*?)\s*(\(|$)", 1)
+    counts = quarantine.groupBy(head.alias("reason")).agg(F.count(F.lit(1)).alias("n"))
+    rows = counts.orderBy(F.col("n").desc(), "reason").limit(top + 1).collect()
+    reasons = {(r["reason"] or "unknown"): int(r["n"]) for r in rows[:top]}
+    if len(rows) > top:
+        total = counts.agg(F.sum("n")).first()
+        rest = int(total[0] if total and total[0] else 0) - sum(reasons.values())
+        reasons["other reasons"] = rest
+    return reasons
+
+
+def weekly_sales(transactions: DataFrame, *, max_weeks: int = MAX_WEEKS) -> list[D.Week]:
+    """Revenue and orders of purchases, and returns apart, per week (the latest ``max_weeks``).
+
+    Weeks without any line are filled with zeros, so a gap in the data shows as one.
+    """
+    purchase = F.col(S.EVENT_TYPE) == S.PURCHASE
+    is_return = F.col(S.EVENT_TYPE) == S.RETURN
+    order = F.coalesce(F.col(S.INVOICE_ID), F.col(S.TRANSACTION_ID))
+    rows = (
+        transactions.where(purchase | is_return)
+        .groupBy(F.date_trunc("week", F.col(S.EVENT_DATE)).cast("date").alias("week"))
+        .agg(
+            F.sum(F.when(purchase, F.col(S.AMOUNT))).alias("revenue"),
+            F.countDistinct(F.when(purchase, order)).alias("orders"),
+            F.sum(F.when(is_return, -F.col(S.AMOUNT))).alias("returned"),
+            F.count(F.when(is_return, F.lit(1))).alias("return_lines"),
+        )
+        .orderBy(F.col("week").desc())
+        .limit(max_weeks)
+        .collect()
+    )
+    found = {
+        r["week"]: D.Week(
+            r["week"],
+            float(r["revenue"] or 0.0),
+            int(r["orders"]),
+            float(r["returned"] or 0.0),
+            int(r["return_lines"]),
+        )
+        for r in rows
+    }
+    if not found:
+        return []
+    weeks, week = [], min(found)
+    while week <= max(found):
+        weeks.append(found.get(week, D.Week(week, 0.0, 0, 0.0, 0)))
+        week += timedelta(days=7)
+    return weeks
+
+
+def score_histogram(propensity: DataFrame, *, bins: int = SCORE_BINS) -> D.ScoreHistogram:
+    """The latest as-of date's probabilities, counted per bin in Spark."""
+    latest = propensity.agg(F.max(S.AS_OF_DATE)).first()
+    if latest is None or latest[0] is None:
+        raise Unavailable("gold.purchase_propensity is empty; run `retailml task score`")
+    as_of: date = latest[0]
+    scored = propensity.where(F.col(S.AS_OF_DATE) == F.lit(as_of))
+    stats = scored.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.avg(S.PROBABILITY).alias("mean"),
+        F.max(S.MODEL_VERSION).alias("version"),
+    ).first()
+    assert stats is not None  # an aggregation without grouping always has one row
+    bucket = F.least(F.floor(F.col(S.PROBABILITY) * bins), F.lit(bins - 1)).cast("int")
+    counts = {
+        int(r["b"]): int(r["n"])
+        for r in scored.groupBy(bucket.alias("b")).agg(F.count(F.lit(1)).alias("n")).collect()
+    }
+    return D.ScoreHistogram(
+        as_of=as_of,
+        customers=int(stats["n"]),
+        edges=[i / bins for i in range(bins + 1)],
+        counts=[counts.get(i, 0) for i in range(bins)],
+        mean=float(stats["mean"] or 0.0),
+        model_version=stats["version"],
+    )
+
+
+def top_buyers(buyers: DataFrame, *, n: int = TOP_BUYERS_SHOWN) -> list[D.Buyer]:
+    """The first ``n`` rows of gold.top_buyers by rank."""
+    return [
+        D.Buyer(
+            int(r[S.RANK]),
+            str(r[S.CUSTOMER_ID]),
+            float(r[S.PROBABILITY]),
+            float(r["recency_days"]),
+            float(r["frequency_all"]),
+            float(r["monetary_all"]),
+            r[S.COUNTRY],
+        )
+        for r in buyers.orderBy(S.RANK).limit(n).collect()
+    ]
+
+
+def sample_recommendations(
+    recommendations: DataFrame, buyers: DataFrame | None, *, customers: int
+) -> list[D.CustomerRecommendations]:
+    """The latest lists of the ``customers`` best-ranked buyers (or, without gold.top_buyers,
+    of the first customers by id)."""
+    latest = recommendations.agg(F.max(S.AS_OF_DATE)).first()
+    if latest is None or latest[0] is None:
+        raise Unavailable("gold.recommendations is empty; run `retailml task recommend`")
+    current = recommendations.where(F.col(S.AS_OF_DATE) == F.lit(latest[0]))
+    picked: list[tuple[str, int | None]]
+    if buyers is not None:
+        picked = [
+            (str(r[S.CUSTOMER_ID]), int(r[S.RANK]))
+            for r in buyers.orderBy(S.RANK).limit(customers).collect()
+        ]
+    else:
+        picked = [
+            (str(r[S.CUSTOMER_ID]), None)
+            for r in current.select(S.CUSTOMER_ID)
+            .distinct()
+            .orderBy(S.CUSTOMER_ID)
+            .limit(customers)
+            .collect()
+        ]
+    ids = [c for c, _ in picked]
+    rows = current.where(F.col(S.CUSTOMER_ID).isin(ids)).orderBy(S.CUSTOMER_ID, S.RANK).collect()
+    items: dict[str, list[D.Recommendation]] = {c: [] for c in ids}
+    for r in rows:
+        items[str(r[S.CUSTOMER_ID])].append(
+            D.Recommendation(
+                int(r[S.RANK]),
+                str(r[S.PRODUCT_ID]),
+                r[S.PRODUCT_NAME],
+                str(r[S.SOURCE]),
+                float(r[S.SCORE_VALUE]),
+            )
+        )
+    return [D.CustomerRecommendations(c, rank, items[c]) for c, rank in picked]
+
+
+def task_timings(history: History, run_id: str) -> tuple[list[D.TaskTiming], str | None]:
+    """Each task of the run with its last attempt, in the run's task order; and the run status.
+
+    A task of the run without a recorded attempt is shown as ``running`` if it is this report
+    (its attempt is recorded when it ends) and ``not run`` otherwise.
+    """
+    attempts = history.attempts(run_id)
+    try:
+        record = history.run(run_id)
+        order, status = list(record.tasks), record.status
+    except RetailmlError:
+        order, status = [], None
+    if not attempts and not order:
+        raise Unavailable(f"no task of run {run_id} is recorded; run `retailml run`")
+    last = final_attempts(attempts)
+    counts: dict[str, int] = {}
+    for a in attempts:
+        counts[a.task] = counts.get(a.task, 0) + 1
+    timings = []
+    for task in [*order, *(t for t in last if t not in order)]:
+        if task in last:
+            a = last[task]
+            timings.append(D.TaskTiming(task, a.status, counts[task], a.seconds, a.error))
+        else:
+            timings.append(
+                D.TaskTiming(task, "running" if task == "report" else "not run", 0, None, None)
+            )
+    return timings, status
+
+
+# --- GATHER: MLflow -------------------------------------------------------------------------
+
+
+def newest_parent(client: MlflowClient, experiment: str, *, task: str) -> Run:
+    """The newest finished top-level run of an MLflow experiment.
+
+    Raises:
+        Unavailable: The experiment or a finished run in it does not exist.
+    """
+    found = client.get_experiment_by_name(experiment)
+    runs = (
+        client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`{_PARENT}` IS NULL AND attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found is not None
+        else []
+    )
+    if not runs:
+        raise Unavailable(
+            f"no finished run in MLflow experiment '{experiment}'; run `retailml task {task}`"
+        )
+    return runs[0]
+
+
+def _artifact_json(client: MlflowClient, run_id: str, path: str) -> Any:
+    """A run's JSON artifact, or None when it is missing or unreadable."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, path, tmp)
+            return json.loads(Path(local).read_text(encoding="utf-8"))
+        except (MlflowException, OSError, ValueError):
+            return None
+
+
+def _champion(client: MlflowClient, model_name: str) -> tuple[str, str | None, str | None] | None:
+    """The champion's version, the run that logged it and its family tag, or None."""
+    version = registry.champion_version(client, model_name)
+    if version is None:
+        return None
+    mv = client.get_model_version(model_name, version)
+    return version, mv.tags.get("run_id") or mv.run_id, mv.tags.get("family")
+
+
+def training_summary(client: MlflowClient, settings: Settings) -> D.ModelsSummary:
+    """The newest training: held-out metrics, curves and importances of every family."""
+    parent = newest_parent(client, settings.train.experiment, task="train")
+    parent_id = parent.info.run_id
+    # Autologging adds a nested run per grid point under each family's run: the family runs
+    # are the parent's children that have the ``family`` param.
+    children = [
+        r
+        for r in client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{_PARENT}` = '{parent_id}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+        )
+        if "family" in r.data.params
+    ]
+    champion = _champion(client, settings.train.model_name)
+    challenger = parent.data.tags.get("challenger")
+    families = []
+    for r in children:
+        params, metrics = r.data.params, r.data.metrics
+        families.append(
+            D.FamilyEvaluation(
+                family=params["family"],
+                implementation=params.get("implementation", ""),
+                run_id=r.info.run_id,
+                metrics={
+                    k.removeprefix("holdout_"): float(v)
+                    for k, v in metrics.items()
+                    if k.startswith("holdout_")
+                },
+                curves=_artifact_json(client, r.info.run_id, "evaluation/curves.json"),
+                importances=_artifact_json(
+                    client, r.info.run_id, "evaluation/feature_importance.json"
+                ),
+                is_champion=champion is not None and champion[1] == r.info.run_id,
+                is_challenger=params["family"] == challenger,
+            )
+        )
+    note = None
+    if champion is None:
+        note = "There is no champion yet."
+    elif not any(f.is_champion for f in families):
+        family = f" ({champion[2]})" if champion[2] else ""
+        note = f"The champion, version {champion[0]}{family}, was trained in an earlier run."
+    tags = parent.data.tags
+    return D.ModelsSummary(
+        run_id=parent_id,
+        holdout_cutoff=tags.get("holdout_cutoff"),
+        challenger=challenger,
+        gate_decision=tags.get("gate_decision"),
+        gate_reason=tags.get("gate_reason"),
+        families=families,
+        champion_note=note,
+    )
+
+
+def ranking_summary(client: MlflowClient, settings: Settings) -> D.RankingSummary:
+    """The newest recommend run's metrics per model and mode."""
+    from retailml.stages.recommend import METRIC_PREFIX, MODES
+
+    parent = newest_parent(client, settings.recommend.experiment, task="recommend")
+    logged, params, tags = parent.data.metrics, parent.data.params, parent.data.tags
+    metrics: dict[tuple[str, str], dict[str, float]] = {}
+    for mode in MODES:
+        for model, prefix in METRIC_PREFIX.items():
+            start = f"{prefix}_{mode}_"
+            values = {
+                k.removeprefix(start): float(v) for k, v in logged.items() if k.startswith(start)
+            }
+            if values:
+                metrics[(model, mode)] = values
+    return D.RankingSummary(
+        run_id=parent.info.run_id,
+        k=int(params["k"]) if "k" in params else None,
+        tuned_mode=params.get("tuned_mode"),
+        repeat_share=logged.get("repeat_share"),
+        as_of=tags.get("as_of_date"),
+        eval_cutoff=tags.get("eval_cutoff"),
+        metrics=metrics,
+    )
+
+
+def champions(client: MlflowClient, settings: Settings) -> dict[str, str]:
+    """The registry's champions, for the header: "name version N (family)"."""
+    out = {}
+    found = _champion(client, settings.train.model_name)
+    if found is not None:
+        family = f" ({found[2]})" if found[2] else ""
+        out["propensity model"] = f"{settings.train.model_name} version {found[0]}{family}"
+    version = registry.champion_version(client, settings.recommend.model_name)
+    if version is not None:
+        out["recommender"] = f"{settings.recommend.model_name} version {version}"
+    return out
+
+
+# --- GATHER: everything -----------------------------------------------------------------------
+
+
+def gather(
+    settings: Settings, spark: SparkSession, *, run_id: str, client: MlflowClient
+) -> D.ReportData:
+    """Everything the report shows, as bounded plain-Python summaries.
+
+    A section whose source is missing is None, with the reason in ``missing``.
+    """
+    lake = Lakehouse(settings, spark)
+    missing: dict[str, str] = {}
+
+    def section(name: str, fetch: Callable[[], Any]) -> Any:
+        try:
+            return fetch()
+        except Unavailable as exc:
+            missing[name] = str(exc)
+            return None
+
+    def buyers_table() -> DataFrame | None:
+        return lake.read("gold.top_buyers") if lake.exists("gold.top_buyers") else None
+
+    timings = section(D.TASKS, lambda: task_timings(History(settings, spark), run_id))
+    scores = section(D.SCORES, lambda: score_histogram(_table(lake, "gold.purchase_propensity")))
+    as_of = scores.as_of if scores else None
+    if as_of is None and lake.exists("silver.transactions"):
+        row = lake.read("silver.transactions").agg(F.max(S.EVENT_DATE)).first()
+        as_of = row[0] if row else None
+    return D.ReportData(
+        run_id=run_id,
+        generated_at=utcnow(),
+        as_of=as_of,
+        champions=champions(client, settings),
+        tables=section(D.TABLES, lambda: table_counts(lake)),
+        quarantine=section(
+            D.QUARANTINE, lambda: quarantine_reasons(_table(lake, "bronze.quarantine"))
+        ),
+        sales=section(D.SALES, lambda: weekly_sales(_table(lake, "silver.transactions"))),
+        models=section(D.MODELS, lambda: training_summary(client, settings)),
+        scores=scores,
+        top_buyers=section(D.TOP_BUYERS, lambda: top_buyers(_table(lake, "gold.top_buyers"))),
+        ranking=section(D.RANKING, lambda: ranking_summary(client, settings)),
+        recommendations=section(
+            D.RECOMMENDATIONS,
+            lambda: sample_recommendations(
+                _table(lake, "gold.recommendations"),
+                buyers_table(),
+                customers=settings.report.sample_customers,
+            ),
+        ),
+        tasks=timings[0] if timings else None,
+        run_status=timings[1] if timings else None,
+        missing=missing,
+    )
+
+
+# --- the task -----------------------------------------------------------------------------
+
+
+def log_to_mlflow(client: MlflowClient, settings: Settings, data: D.ReportData, page: Path) -> str:
+    """Log the page to the MLflow run of this workflow run (created on the first attempt)."""
+    experiment_id = tracking.experiment(settings, settings.report.experiment)
+    existing = client.search_runs(
+        [experiment_id], filter_string=f"tags.{TAG_WORKFLOW_RUN} = '{data.run_id}'", max_results=1
+    )
+    run = (
+        existing[0]
+        if existing
+        else client.create_run(
+            experiment_id, run_name=data.run_id, tags={TAG_WORKFLOW_RUN: data.run_id}
+        )
+    )
+    run_id = run.info.run_id
+    for t in data.tasks or []:
+        if t.seconds is not None:
+            client.log_metric(run_id, f"task_seconds_{t.task}", t.seconds)
+    if data.as_of is not None:
+        client.set_tag(run_id, "as_of_date", data.as_of.isoformat())
+    client.log_artifact(run_id, str(page))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def run(settings: Settings, spark: SparkSession, *, run_id: str | None = None) -> ReportResult:
+    """Gather, render and write the report of a workflow run, and log it to MLflow.
+
+    Args:
+        run_id: The workflow run the page is about; the newest run in the history when None
+            (a fresh id if there is none).
+    """
+    if run_id is None:
+        newest = History(settings, spark).runs(1)
+        run_id = newest[0].run_id if newest else new_run_id()
+    client = tracking.configure(settings)
+    started = time.monotonic()
+    data = gather(settings, spark, run_id=run_id, client=client)
+    gathered = time.monotonic()
+    page = render_html(data)
+    rendered = time.monotonic()
+    path = Path(settings.path(settings.report.dir)) / run_id / "index.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page.html, encoding="utf-8")
+    mlflow_run_id = log_to_mlflow(client, settings, data, path)
+    return ReportResult(
+        run_id=run_id,
+        path=path,
+        mlflow_run_id=mlflow_run_id,
+        images=page.images,
+        sections=page.sections,
+        missing=page.missing,
+        size_bytes=path.stat().st_size,
+        gather_seconds=gathered - started,
+        render_seconds=rendered - gathered,
+    )
