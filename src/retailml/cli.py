@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -330,4 +331,8 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else exc.__class__.__name__
 
 
-main = cli
+def main() -> None:
+    """The console script. Databricks runs a wheel's entry point inside an IPython process,
+    where click's standalone mode (which always ends in ``sys.exit``) is not wanted: there an
+    error propagates and fails the task, and success simply returns."""
+    cli(standalone_mode=not hasattr(sys, "ps1"))

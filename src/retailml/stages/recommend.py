@@ -943,8 +943,16 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
                     "final_fit_seconds": final_seconds,
                 }
             )
+            # A signature (customer, product → score): Unity Catalog's registry requires one.
+            sample = history.select(S.CUSTOMER_ID, S.PRODUCT_ID).limit(5)
+            signature = mlflow.models.infer_signature(
+                sample.toPandas(), model.transform(sample).select("prediction").toPandas()
+            )
             info = mlflow.spark.log_model(
-                model, artifact_path="model", pip_requirements=_pip_requirements()
+                model,
+                artifact_path="model",
+                signature=signature,
+                pip_requirements=_pip_requirements(),
             )
 
             decision = _register_and_gate(

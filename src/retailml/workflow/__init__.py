@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyspark.sql import SparkSession
-
-from retailml import schemas as S
 from retailml.errors import RetailmlError
 from retailml.settings import Settings
 from retailml.workflow.dag import Dag, load_dag
+
+if TYPE_CHECKING:  # Spark is imported where a session is needed: `retailml bundle` needs none.
+    from pyspark.sql import SparkSession
 
 Echo = Callable[[str], Any]
 
@@ -33,6 +33,8 @@ TASK_ORDER = load_dag().order()
 @contextmanager
 def session(settings: Settings) -> Iterator[SparkSession]:
     """A SparkSession for the duration of a command, stopped afterwards."""
+    from pyspark.sql import SparkSession
+
     from retailml.spark import build_session
 
     # A session that was already running (a notebook's, a test suite's) belongs to its owner.
@@ -164,6 +166,7 @@ def run_workflow(
     Raises:
         WorkflowBusyError: Another run is writing to the same lake.
     """
+    from retailml import schemas as S
     from retailml.workflow.history import History, new_run_id
     from retailml.workflow.lock import RunLock
     from retailml.workflow.runner import Runner
@@ -177,6 +180,7 @@ def run_workflow(
             echo(f"nothing to run: every task of run {resume} succeeded")
             return None
         echo(f"run {run_id}: {' → '.join(tasks)}")
+
         # Task output goes through the runner's progress display (late-bound: it exists below).
         def task_echo(line: str) -> None:
             runner.progress.echo(line)
@@ -215,6 +219,7 @@ def run_task(
     Returns:
         The task's result object.
     """
+    from retailml import schemas as S
     from retailml.workflow.history import AttemptRecord, History, utcnow
 
     if name not in TASK_ORDER:
