@@ -119,6 +119,30 @@ def test_task_timings_follow_the_run_and_count_attempts(
         report.task_timings(history, "other")
 
 
+def test_a_resumed_run_shows_the_tasks_it_did_not_rerun(
+    settings: Settings, spark: SparkSession
+) -> None:
+    history = History(settings, spark)
+    tasks = ("ingest", "clean", "features", "report")
+    history.record_run(RunRecord("r1", S.FAILED, tasks, "run", T0))
+    history.record_attempt(AttemptRecord("r1", "ingest", 1, S.SUCCEEDED, T0, T0, 2.0))
+    history.record_attempt(AttemptRecord("r1", "clean", 1, S.FAILED, T0, T0, 1.0, "boom"))
+    history.record_attempt(AttemptRecord("r1", "features", 1, S.UPSTREAM_FAILED, None, None, None))
+    history.record_attempt(AttemptRecord("r1", "report", 1, S.UPSTREAM_FAILED, None, None, None))
+    resumed = ("clean", "features", "report")
+    history.record_run(RunRecord("r2", S.RUNNING, resumed, "resume r1", T0, resumed_from="r1"))
+    history.record_attempt(AttemptRecord("r2", "clean", 1, S.SUCCEEDED, T0, T0, 3.0))
+    history.record_attempt(AttemptRecord("r2", "features", 1, S.SUCCEEDED, T0, T0, 5.0))
+    timings, status = report.task_timings(history, "r2")
+    assert status == S.RUNNING
+    assert timings == [
+        D.TaskTiming("ingest", S.SUCCEEDED, 1, 2.0, None, run_id="r1"),
+        D.TaskTiming("clean", S.SUCCEEDED, 1, 3.0, None),
+        D.TaskTiming("features", S.SUCCEEDED, 1, 5.0, None),
+        D.TaskTiming("report", "running", 0, None, None),
+    ]
+
+
 def _run(
     client: MlflowClient,
     experiment: str,

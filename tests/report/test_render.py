@@ -130,7 +130,7 @@ def full_data() -> D.ReportData:
             D.CustomerRecommendations("C002", 2, []),
         ],
         tasks=[
-            D.TaskTiming("ingest", "succeeded", 1, 12.5, None),
+            D.TaskTiming("ingest", "succeeded", 1, 12.5, None, run_id="20111209-060000-cd34"),
             D.TaskTiming("train", "failed", 2, 30.0, f"ValueError: {HOSTILE}"),
             D.TaskTiming("report", "running", 0, None, None),
         ],
@@ -203,6 +203,7 @@ def test_content_of_the_sections(rendered: Rendered) -> None:
     assert "5,000" in html and "P@5" in html and "NDCG@5" in html
     assert "WHITE MUG" in html and "No recommendations for this customer." in html
     assert 'class="status-failed"' in html and "ValueError: " in html
+    assert "in run 20111209-060000-cd34" in html  # a task of the run this one resumed
 
 
 def test_plotting_leaves_no_pyplot_figures_open() -> None:

@@ -175,6 +175,7 @@ class TaskTiming:
     attempts: int
     seconds: float | None
     error: str | None
+    run_id: str | None = None  # the run it ran in, when that is a run this one resumed
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from retailml.ml import registry, tracking
 from retailml.report import data as D
 from retailml.report.render import render_html
 from retailml.settings import Settings
-from retailml.workflow.history import History, final_attempts, new_run_id, utcnow
+from retailml.workflow.history import AttemptRecord, History, new_run_id, utcnow
 
 SCORE_BINS = 20
 MAX_WEEKS = 520  # ten years of weekly sales
@@ -252,33 +252,55 @@ def sample_recommendations(
     return [D.CustomerRecommendations(c, rank, items[c]) for c, rank in picked]
 
 
+MAX_RESUMES = 10  # how far back a chain of resumed runs is followed
+
+
 def task_timings(history: History, run_id: str) -> tuple[list[D.TaskTiming], str | None]:
     """Each task of the run with its last attempt, in the run's task order; and the run status.
 
-    A task of the run without a recorded attempt is shown as ``running`` if it is this report
-    (its attempt is recorded when it ends) and ``not run`` otherwise.
+    A task of the run without a recorded attempt is ``running`` if it is this report (its
+    attempt is recorded when it ends) and ``not run`` otherwise. A run that resumed another
+    re-ran only what had not succeeded there, so the tasks it did not cover are taken from the
+    run it resumed (and so on back), with that run's id in :attr:`TaskTiming.run_id`.
+
+    Raises:
+        Unavailable: Nothing of the run is recorded.
     """
-    attempts = history.attempts(run_id)
-    try:
-        record = history.run(run_id)
-        order, status = list(record.tasks), record.status
-    except RetailmlError:
-        order, status = [], None
-    if not attempts and not order:
+    chain: list[tuple[str, tuple[str, ...], dict[str, list[AttemptRecord]]]] = []
+    status: str | None = None
+    current: str | None = run_id
+    while current is not None and len(chain) < MAX_RESUMES:
+        try:
+            record = history.run(current)
+        except RetailmlError:
+            record = None
+        attempts: dict[str, list[AttemptRecord]] = {}
+        for a in history.attempts(current):
+            attempts.setdefault(a.task, []).append(a)
+        chain.append((current, record.tasks if record else (), attempts))
+        if current == run_id:
+            status = record.status if record else None
+        current = record.resumed_from if record else None
+        if any(current == seen for seen, _, _ in chain):
+            break
+    if not chain[0][1] and not chain[0][2]:
         raise Unavailable(f"no task of run {run_id} is recorded; run `retailml run`")
-    last = final_attempts(attempts)
-    counts: dict[str, int] = {}
-    for a in attempts:
-        counts[a.task] = counts.get(a.task, 0) + 1
+
+    # The first run's task order, then tasks later runs added (a dict keeps the first place).
+    order = dict.fromkeys(t for _, tasks, attempts in reversed(chain) for t in (*tasks, *attempts))
     timings = []
-    for task in [*order, *(t for t in last if t not in order)]:
-        if task in last:
-            a = last[task]
-            timings.append(D.TaskTiming(task, a.status, counts[task], a.seconds, a.error))
-        else:
+    for task in order:
+        # The newest run of the chain that covered the task decides what is shown.
+        rid, _, attempts = next(link for link in chain if task in link[1] or task in link[2])
+        mine, earlier = attempts.get(task, []), rid if rid != run_id else None
+        if mine:
+            last = mine[-1]
             timings.append(
-                D.TaskTiming(task, "running" if task == "report" else "not run", 0, None, None)
+                D.TaskTiming(task, last.status, len(mine), last.seconds, last.error, earlier)
             )
+        else:
+            waiting = "running" if task == "report" and rid == run_id else "not run"
+            timings.append(D.TaskTiming(task, waiting, 0, None, None, earlier))
     return timings, status
 
 
@@ -292,16 +314,26 @@ def newest_parent(client: MlflowClient, experiment: str, *, task: str) -> Run:
         Unavailable: The experiment or a finished run in it does not exist.
     """
     found = client.get_experiment_by_name(experiment)
-    runs = (
-        client.search_runs(
-            [found.experiment_id],
-            filter_string=f"tags.`{_PARENT}` IS NULL AND attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if found is not None
-        else []
-    )
+    runs: list[Run] = []
+    if found is not None:
+        newest = ["attributes.start_time DESC"]
+        finished = "attributes.status = 'FINISHED'"
+        try:
+            runs = client.search_runs(
+                [found.experiment_id],
+                filter_string=f"tags.`{_PARENT}` IS NULL AND {finished}",
+                order_by=newest,
+                max_results=1,
+            )
+        except MlflowException:
+            # A tracking server without IS NULL in its search syntax: filter here instead.
+            runs = [
+                r
+                for r in client.search_runs(
+                    [found.experiment_id], filter_string=finished, order_by=newest, max_results=1000
+                )
+                if _PARENT not in r.data.tags
+            ][:1]
     if not runs:
         raise Unavailable(
             f"no finished run in MLflow experiment '{experiment}'; run `retailml task {task}`"
