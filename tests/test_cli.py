@@ -8,8 +8,20 @@ from click.testing import CliRunner
 from pyspark.sql import SparkSession
 
 from retailml.cli import cli
+from retailml.workflow import TASK_ORDER
+from tests.browser import check_page
 
-COMMANDS = [[], ["generate"], ["task"], ["run"], ["tables"], ["fetch-jars"]]
+COMMANDS = [
+    [],
+    ["generate"],
+    ["task"],
+    ["run"],
+    ["runs"],
+    ["bundle"],
+    ["tables"],
+    ["customer"],
+    ["fetch-jars"],
+]
 
 
 @pytest.fixture
@@ -42,7 +54,11 @@ def test_missing_source_is_one_line(in_tmp: Path, spark: SparkSession) -> None:
     result = CliRunner().invoke(cli, ["task", "ingest", "--source", "no/such/dir"])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert lines[-1] == f"Error: {in_tmp.resolve()}/no/such/dir: no such file or folder"
+    assert lines[-1] == (
+        f"Error: task ingest failed: {in_tmp.resolve()}/no/such/dir: no such file or folder"
+    )
+    # A user's mistake is not retried: it would fail the same way.
+    assert "retrying" not in result.output
     assert not any("Traceback" in ln or "py4j" in ln for ln in lines)
 
 
@@ -70,7 +86,8 @@ def test_tables_lists_every_table(in_tmp: Path, spark: SparkSession) -> None:
 def test_debug_shows_the_traceback(in_tmp: Path, spark: SparkSession) -> None:
     result = CliRunner().invoke(cli, ["--debug", "task", "ingest", "--source", "nope"])
     assert result.exit_code == 1
-    assert result.exception is not None and "no such file or folder" in str(result.exception)
+    assert "Traceback (most recent call last)" in result.output
+    assert "InputError" in result.output and "no such file or folder" in result.output
 
 
 def test_generate_command(in_tmp: Path) -> None:
@@ -110,9 +127,11 @@ def test_run_end_to_end_on_generated_data(
     monkeypatch.setenv("RETAILML_RECOMMEND_ALPHAS", "[10]")
     result = CliRunner().invoke(cli, ["run"])
     assert result.exit_code == 0, result.output
-    assert "generated lines" in result.output
+    out = result.output
+    assert "generated lines" in out
+    run_id = out.split("run ", 1)[1].split(":")[0]
     counts = {}
-    for line in result.output.splitlines():
+    for line in out.splitlines():
         parts = line.split()
         if parts and parts[0] in (
             "bronze.transactions",
@@ -120,29 +139,66 @@ def test_run_end_to_end_on_generated_data(
             "silver.transactions",
         ):
             counts[parts[0]] = int(parts[1].replace(",", ""))
-    generated = int(result.output.split("data: ")[1].split()[0].replace(",", ""))
+    generated = int(out.split("data: ")[1].split()[0].replace(",", ""))
     assert counts["bronze.transactions"] + counts["bronze.quarantine"] == generated
     assert 0 < counts["silver.transactions"] <= counts["bronze.transactions"]
-    for layer, table in [
-        ("bronze", "transactions"),
-        ("silver", "customers"),
-        ("silver", "customer_features"),
-    ]:
-        assert (in_tmp / "lakehouse" / layer / table / "_delta_log").is_dir()
-    assert "logistic_regression" in result.output and "promoted to champion" in result.output
+    # Every table of the lake exists, the run history included.
+    from retailml.lakehouse import TABLES
+
+    for name in TABLES:
+        layer, table = name.split(".")
+        assert (in_tmp / "lakehouse" / layer / table / "_delta_log").is_dir(), name
+    assert "logistic_regression" in out and "promoted to champion" in out
     assert (in_tmp / "mlflow" / "mlflow.db").is_file()
-    for table in ("purchase_propensity", "top_buyers", "recommendations"):
-        assert (in_tmp / "lakehouse" / "gold" / table / "_delta_log").is_dir()
-    assert "top predicted buyers:" in result.output and "NDCG@" in result.output
+    assert "top predicted buyers:" in out and "NDCG@" in out
+    # The summary table: every task succeeded once, in DAG order.
+    summary = [ln.split() for ln in out.split("task ")[-1].splitlines()[2:9]]
+    assert [row[:3] for row in summary] == [[task, "succeeded", "1"] for task in TASK_ORDER], out
+    # The report exists, has every plot, and renders in a real browser without errors.
+    report = in_tmp / "reports" / run_id / "index.html"
+    assert f"report: {report}" in out
+    check = check_page(report, in_tmp / "report.png")
+    assert check.images >= 8 and check.images_loaded == check.images, check
+    assert check.console_errors == [], check.console_errors
+
+    # The history knows the run and its tasks.
+    listing = CliRunner().invoke(cli, ["runs"])
+    assert listing.exit_code == 0, listing.output
+    assert run_id in listing.output and "succeeded" in listing.output
+    detail = CliRunner().invoke(cli, ["runs", run_id])
+    assert detail.exit_code == 0, detail.output
+    assert all(task in detail.output for task in TASK_ORDER)
 
     # A second run reuses the data and leaves the same tables (no duplicates).
-    again = CliRunner().invoke(cli, ["run"])
+    again = CliRunner().invoke(cli, ["run", "--from", "clean"])
     assert again.exit_code == 0, again.output
+    assert "generated lines" not in again.output  # ingest is upstream of --from clean
 
     def tables(output: str) -> str:
-        return output.split("tables:")[1].split("MLflow:")[0]
+        lines = output.split("tables:")[1].split("MLflow:")[0].splitlines()
+        return "\n".join(ln for ln in lines if ln.strip() and not ln.split()[0].startswith("ops."))
 
-    assert tables(again.output) == tables(result.output)
+    assert tables(again.output) == tables(out)
     assert "champion kept" in again.output
     listing = CliRunner().invoke(cli, ["tables"])
     assert f"{counts['silver.transactions']:,}" in listing.output
+
+
+def test_a_second_run_on_the_same_lake_is_refused(in_tmp: Path) -> None:
+    from retailml.settings import load_settings
+    from retailml.workflow.lock import RunLock
+
+    with RunLock(load_settings(environ={}, project_dir=in_tmp), "busy-run"):
+        result = CliRunner().invoke(cli, ["run"])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: another retailml run is writing to this lake (run busy-run, ")
+
+
+def test_runs_without_history_and_unknown_run(in_tmp: Path, spark: SparkSession) -> None:
+    result = CliRunner().invoke(cli, ["runs"])
+    assert result.exit_code == 0, result.output
+    assert "no workflow runs yet" in result.output
+    result = CliRunner().invoke(cli, ["runs", "nope"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("Error: no workflow run 'nope'")

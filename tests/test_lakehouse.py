@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 from retailml.errors import TableNotFoundError
 from retailml.lakehouse import TABLES, Lakehouse
 from retailml.settings import Settings
+from retailml.workflow import TASK_ORDER
 from tests.conftest import make_settings
 
 CUSTOMERS = [
@@ -55,8 +56,10 @@ def test_locations(tmp_path: Path, spark: SparkSession) -> None:
 
 def test_every_table_has_a_schema_and_producer() -> None:
     for name, spec in TABLES.items():
-        assert name.split(".")[0] in {"bronze", "silver", "gold"}
+        assert name.split(".")[0] in {"bronze", "silver", "gold", "ops"}
         assert spec.schema.fields and spec.producer
+        # The producer is a task of the workflow, or the runner itself (the run history).
+        assert spec.producer in (*TASK_ORDER, "run")
 
 
 def test_overwrite_read_version(settings: Settings, spark: SparkSession) -> None:

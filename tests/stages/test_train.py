@@ -47,7 +47,7 @@ def test_train_end_to_end_logs_to_mlflow_and_gates(tmp_path: Path, spark: SparkS
     )
     generate_data(settings)
     for task in ("ingest", "clean", "features"):
-        run_task(task, settings, spark, echo=lambda _: None)
+        run_task(task, settings, spark, run_id="train-test", echo=lambda _: None)
 
     # The split: no training cutoff's label window reaches into the held-out period.
     features = Lakehouse(settings, spark).read("silver.customer_features")
