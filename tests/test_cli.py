@@ -202,3 +202,22 @@ def test_runs_without_history_and_unknown_run(in_tmp: Path, spark: SparkSession)
     result = CliRunner().invoke(cli, ["runs", "nope"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("Error: no workflow run 'nope'")
+
+
+def test_a_task_of_an_external_run_is_recorded_under_its_run_id(
+    in_tmp: Path, spark: SparkSession
+) -> None:
+    result = CliRunner().invoke(cli, ["task", "clean", "--run-id", "job-run-7"])
+    assert result.exit_code == 1
+    assert "run `retailml task ingest` first" in result.output
+    listing = CliRunner().invoke(cli, ["runs"])
+    assert "job-run-7" in listing.output and "external" in listing.output
+    detail = CliRunner().invoke(cli, ["runs", "job-run-7"])
+    assert "clean" in detail.output and "failed" in detail.output
+    assert "TableNotFoundError" in detail.output
+
+
+def test_a_run_id_must_be_a_plain_name(in_tmp: Path) -> None:
+    result = CliRunner().invoke(cli, ["task", "report", "--run-id", "../../etc"])
+    assert result.exit_code == 2
+    assert "use letters, digits" in result.output

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +43,13 @@ def _parse_set(_ctx: click.Context, _param: click.Parameter, values: tuple[str, 
         except json.JSONDecodeError:
             parsed[key.strip()] = value
     return parsed
+
+
+def _check_run_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    # A run id becomes a folder name and part of MLflow queries: letters, digits, - and _ only.
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", value):
+        raise click.BadParameter(f"{value!r}: use letters, digits, '-' and '_' only")
+    return value
 
 
 class _Cli(click.Group):
@@ -124,6 +133,7 @@ def generate(state: _State, out: Path | None, seed: int | None, **sizes: Any) ->
 )
 @click.option(
     "--run-id",
+    callback=_check_run_id,
     help="Record the attempt under this workflow run (a Databricks job passes its run id); "
     "without it the task runs as a one-task workflow run, with retries, lock and history.",
 )
@@ -132,6 +142,7 @@ def task(state: _State, name: str, source: str | None, run_id: str | None) -> No
     """Run one workflow task (what each task of the Databricks job calls)."""
     from retailml.workflow import run_task, run_workflow, session
     from retailml.workflow.history import History
+    from retailml.workflow.lock import RunLock
 
     settings = state.settings(**({"ingest.source": source} if source else {}))
     if run_id is None:
@@ -140,7 +151,12 @@ def task(state: _State, name: str, source: str | None, run_id: str | None) -> No
             failed = outcome.failed
             raise click.ClickException(f"task {name} {failed.status}: {failed.error}")
         return
-    with session(settings) as spark:
+    # On Databricks the job owns concurrency (its tasks may run side by side on one driver);
+    # anywhere else the task holds the lake's lock like any run.
+    with contextlib.ExitStack() as stack:
+        if settings.spark.master != "existing":
+            stack.enter_context(RunLock(settings, run_id))
+        spark = stack.enter_context(session(settings))
         attempt = History(settings, spark).next_attempt(run_id, name)
         run_task(name, settings, spark, run_id=run_id, attempt=attempt, echo=click.echo)
 
@@ -162,6 +178,7 @@ def task(state: _State, name: str, source: str | None, run_id: str | None) -> No
 @click.option(
     "--resume",
     metavar="RUN_ID",
+    callback=_check_run_id,
     help="Re-run only the tasks of that run that did not succeed (as a new run).",
 )
 @pass_state

@@ -249,6 +249,7 @@ FAILED = "failed"
 TIMED_OUT = "timed_out"
 UPSTREAM_FAILED = "upstream_failed"  # never started: a task it depends on failed
 INTERRUPTED = "interrupted"  # shown for a run left "running" by a process that died
+EXTERNAL = "external"  # a run orchestrated elsewhere (a Databricks job): see its tasks
 
 WORKFLOW_RUNS = _fields(
     (RUN_ID, StringType(), False),

@@ -316,3 +316,60 @@ def test_a_users_mistake_is_not_retried() -> None:
     outcome = runner(dag, functions, None).run("r", ("b",))
     assert calls == ["b"]  # b has a retry, but a RetailmlError is permanent
     assert outcome.tasks[0].error == "data.csv: column 'price' is missing"
+
+
+def test_resuming_a_run_that_was_already_resumed_repeats_nothing(history: History) -> None:
+    dag = parse(SMALL)
+    runner(dag, tasks([], fail={"c": 9}), history).run("A", dag.order())
+    todo, trigger = selection(dag, resume="A", history=history)
+    runner(dag, tasks([]), history).run("B", todo, trigger=trigger, resumed_from="A")
+    assert selection(dag, resume="A", history=history)[0] == ()  # B did it already
+    assert history.resume_chain("A") == ["A", "B"]
+
+
+class RecordingHistory:
+    """Stands in for the history tables to watch what the runner records (or to fail)."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
+        self.attempts: list[Any] = []
+        self.runs: list[Any] = []
+
+    def record_attempt(self, attempt: Any) -> None:
+        if self.broken:
+            raise RuntimeError("the store is gone\nwith detail")
+        self.attempts.append(attempt)
+
+    def record_run(self, run: Any) -> None:
+        if self.broken:
+            raise RuntimeError("the store is gone")
+        self.runs.append(run)
+
+
+def test_a_failing_history_write_does_not_hide_the_tasks_error() -> None:
+    dag = parse(SMALL)
+    lines: list[str] = []
+    r = Runner(dag, tasks([], fail={"c": 9}), history=RecordingHistory(broken=True),  # type: ignore[arg-type]
+               echo=lines.append, sleep=lambda s: None)  # fmt: skip
+    outcome = r.run("r", dag.order())
+    assert outcome.failed is not None and outcome.failed.error == "ValueError: c broke"
+    assert [t.status for t in outcome.tasks].count(S.SUCCEEDED) == 3
+    assert any(ln.startswith("warning: could not record") for ln in lines)
+
+
+def test_ctrl_c_records_the_interrupted_attempt_and_the_run() -> None:
+    dag = parse(SMALL)
+    recorded = RecordingHistory()
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    functions = {**tasks([]), "b": interrupted}
+    r = Runner(dag, functions, history=recorded, echo=lambda s: None)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        r.run("r", dag.order())
+    assert [(a.task, a.status, a.error) for a in recorded.attempts] == [
+        ("a", S.SUCCEEDED, None),
+        ("b", S.FAILED, "interrupted"),
+    ]
+    assert [run.status for run in recorded.runs] == [S.RUNNING, S.FAILED]

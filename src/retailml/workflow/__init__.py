@@ -137,7 +137,8 @@ def selection(
         if from_ or only:
             raise RetailmlError("--resume re-runs what did not succeed; drop --from / --only")
         original = history.run(resume)
-        done = history.succeeded_tasks(resume)
+        # What succeeded in that run, or in any run that already resumed it (or resumed those).
+        done = set().union(*(history.succeeded_tasks(r) for r in history.resume_chain(resume)))
         return tuple(k for k in dag.order() if k in original.tasks and k not in done), (
             f"resume {resume}"
         )
@@ -169,11 +170,11 @@ def run_workflow(
     from retailml import schemas as S
     from retailml.workflow.history import History, new_run_id
     from retailml.workflow.lock import RunLock
-    from retailml.workflow.runner import Runner
+    from retailml.workflow.runner import Runner, TaskWouldNotStop
 
     dag = load_dag()
     run_id = new_run_id()
-    with RunLock(settings, run_id), session(settings) as spark:
+    with RunLock(settings, run_id) as lock, session(settings) as spark:
         history = History(settings, spark)
         tasks, trigger = selection(dag, from_=from_, only=only, resume=resume, history=history)
         if not tasks:
@@ -194,7 +195,11 @@ def run_workflow(
             live=live,
             debug=debug,
         )
-        outcome = runner.run(run_id, tasks, trigger=trigger, resumed_from=resume)
+        try:
+            outcome = runner.run(run_id, tasks, trigger=trigger, resumed_from=resume)
+        except TaskWouldNotStop:
+            lock.keep_until_exit()
+            raise
         _echo_table(outcome.table(), echo)
         if outcome.status == S.SUCCEEDED:
             _echo_locations(settings, spark, outcome, echo)
@@ -211,36 +216,46 @@ def run_task(
     attempt: int = 1,
     echo: Echo = print,
 ) -> Any:
-    """Run one task once, record the attempt under ``run_id``, print what it did.
+    """Run one task once as part of an externally orchestrated run, record the attempt under
+    ``run_id``, print what it did.
 
-    This is what ``retailml task NAME`` does, and what each task of the Databricks job runs
-    (there the platform does the retries and the run id is the job run's).
+    This is what each task of the Databricks job runs (the platform does the retries, and the
+    run id is the job run's). The run gets an ``external`` row in the history the first time
+    one of its tasks records an attempt.
 
     Returns:
         The task's result object.
     """
     from retailml import schemas as S
-    from retailml.workflow.history import AttemptRecord, History, utcnow
+    from retailml.workflow.history import AttemptRecord, History, RunRecord, utcnow
 
     if name not in TASK_ORDER:
         raise RetailmlError(f"unknown task {name!r}; known: {', '.join(TASK_ORDER)}")
     fn = task_functions(settings, spark, run_id=run_id, echo=echo)[name]
     history = History(settings, spark)
+
+    def record(write: Callable[[], Any]) -> None:
+        try:
+            write()
+        except Exception as exc:  # the task's own outcome matters more than its history row
+            echo(f"warning: could not record {name} in the run history: {exc}".splitlines()[0])
+
     started, started_at = time.monotonic(), utcnow()
+    if not history.has_run(run_id):
+        record(
+            lambda: history.record_run(
+                RunRecord(run_id, S.EXTERNAL, TASK_ORDER, "external", started_at)
+            )
+        )
     echo(f"{name} ...")
     try:
         result = fn()
     except Exception as exc:
-        history.record_attempt(
-            AttemptRecord(
-                run_id,
-                name,
-                attempt,
-                S.FAILED,
-                started_at,
-                utcnow(),
-                time.monotonic() - started,
-                f"{exc.__class__.__name__}: {exc}".splitlines()[0],
+        error = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+        seconds = time.monotonic() - started
+        record(
+            lambda: history.record_attempt(
+                AttemptRecord(run_id, name, attempt, S.FAILED, started_at, utcnow(), seconds, error)
             )
         )
         raise
@@ -248,9 +263,11 @@ def run_task(
     lines = tuple(result.summary())
     for line in lines:
         echo(f"  {line}")
-    history.record_attempt(
-        AttemptRecord(
-            run_id, name, attempt, S.SUCCEEDED, started_at, utcnow(), seconds, None, lines
+    record(
+        lambda: history.record_attempt(
+            AttemptRecord(
+                run_id, name, attempt, S.SUCCEEDED, started_at, utcnow(), seconds, None, lines
+            )
         )
     )
     echo(f"{name} done in {seconds:.1f} s")

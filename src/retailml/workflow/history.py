@@ -37,8 +37,18 @@ def new_run_id(now: datetime | None = None) -> str:
 
 
 def utcnow() -> datetime:
-    """Now, in UTC without tzinfo (the session time zone is UTC, timestamps are stored so)."""
+    """Now, in UTC, without tzinfo: every time in the history is UTC."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _to_store(value: datetime | None) -> datetime | None:
+    # PySpark reads a naive datetime as the machine's local time; say it is UTC.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def _from_store(value: datetime | None) -> datetime | None:
+    # PySpark returns local naive datetimes; turn them back into naive UTC.
+    return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
 
 
 @dataclass(frozen=True)
@@ -87,12 +97,12 @@ class History:
             list(run.tasks),
             run.trigger,
             run.resumed_from,
-            run.started_at,
-            run.ended_at,
+            _to_store(run.started_at),
+            _to_store(run.ended_at),
             run.error,
             run.user,
             run.host,
-            utcnow(),
+            _to_store(utcnow()),
         )
         columns = [
             S.RUN_ID,
@@ -117,12 +127,12 @@ class History:
             attempt.task,
             attempt.attempt,
             attempt.status,
-            attempt.started_at,
-            attempt.ended_at,
+            _to_store(attempt.started_at),
+            _to_store(attempt.ended_at),
             attempt.seconds,
             attempt.error,
             list(attempt.outputs),
-            utcnow(),
+            _to_store(utcnow()),
         )
         df = self.spark.createDataFrame([row], schema=S.TASK_RUNS)
         self.lake.append(ATTEMPTS, df)
@@ -176,14 +186,38 @@ class History:
                 task=r[S.TASK],
                 attempt=int(r[S.ATTEMPT]),
                 status=r[S.STATUS],
-                started_at=r[S.STARTED_AT],
-                ended_at=r[S.ENDED_AT],
+                started_at=_from_store(r[S.STARTED_AT]),
+                ended_at=_from_store(r[S.ENDED_AT]),
                 seconds=r[S.SECONDS],
                 error=r[S.ERROR],
                 outputs=tuple(r["outputs"] or ()),
             )
             for r in rows
         ]
+
+    def has_run(self, run_id: str) -> bool:
+        """Whether the run has a row in ``ops.workflow_runs``."""
+        if not self.lake.exists(RUNS):
+            return False
+        return bool(self.lake.read(RUNS).where(F.col(S.RUN_ID) == run_id).limit(1).collect())
+
+    def resume_chain(self, run_id: str) -> list[str]:
+        """The run and every run that resumed it, directly or through another resume."""
+        if not self.lake.exists(RUNS):
+            return [run_id]
+        pairs = (
+            self.lake.read(RUNS)
+            .where(F.col("resumed_from").isNotNull())
+            .select(S.RUN_ID, "resumed_from")
+            .distinct()
+            .collect()
+        )
+        chain, frontier = [run_id], {run_id}
+        while frontier:
+            children = {r[S.RUN_ID] for r in pairs if r["resumed_from"] in frontier}
+            frontier = children - set(chain)
+            chain.extend(sorted(frontier))
+        return chain
 
     def succeeded_tasks(self, run_id: str) -> set[str]:
         """The tasks of a run with a succeeded attempt."""
@@ -210,8 +244,8 @@ def _run(r: object) -> RunRecord:
         status=row[S.STATUS],
         tasks=tuple(row["tasks"] or ()),
         trigger=row["trigger"],
-        started_at=row[S.STARTED_AT],
-        ended_at=row[S.ENDED_AT],
+        started_at=_from_store(row[S.STARTED_AT]) or row[S.STARTED_AT],
+        ended_at=_from_store(row[S.ENDED_AT]),
         resumed_from=row["resumed_from"],
         error=row[S.ERROR],
         user=row["user"],

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -59,9 +60,7 @@ class RunLock:
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = self.path.open("a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(handle, patience_s=1.0):
             holder = _describe(read_holder(self.path))
             handle.close()
             raise WorkflowBusyError(
@@ -82,6 +81,13 @@ class RunLock:
             self._file.close()
             self._file = None
 
+    def keep_until_exit(self) -> None:
+        """Hold the lock until the process ends (a task that would not stop is still running:
+        no other run may start while it can write)."""
+        if self._file is not None:
+            _KEPT.append(self._file)
+            self._file = None
+
     def __enter__(self) -> RunLock:
         self.acquire()
         return self
@@ -93,6 +99,23 @@ class RunLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+_KEPT: list[IO[str]] = []
+
+
+def _try_lock(handle: IO[str], *, patience_s: float) -> bool:
+    """Take the exclusive lock, trying for a moment: `retailml runs` holds it for an instant
+    to see whether a run is going on."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
 
 
 def read_holder(path: Path) -> dict[str, Any]:

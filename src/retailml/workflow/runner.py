@@ -92,6 +92,7 @@ class Progress:
         self._live = sys.stdout.isatty() if live is None else live
         self._heartbeat_s = heartbeat_s
         self._status: tuple[str, str, float] | None = None
+        self._last_beat = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -105,6 +106,7 @@ class Progress:
     def start(self, task: str, label: str) -> None:
         with self._lock:
             self._status = (task, label, time.monotonic())
+            self._last_beat = time.monotonic()
             if not self._live:
                 self._echo(f"▶ {task} {label}")
             self._draw()
@@ -126,7 +128,6 @@ class Progress:
         self.done()
 
     def _tick(self) -> None:
-        last_beat = time.monotonic()
         while not self._stop.wait(0.5 if self._live else 1.0):
             with self._lock:
                 if self._status is None:
@@ -134,8 +135,8 @@ class Progress:
                 if self._live:
                     self._clear()
                     self._draw()
-                elif time.monotonic() - last_beat >= self._heartbeat_s:
-                    last_beat = time.monotonic()
+                elif time.monotonic() - self._last_beat >= self._heartbeat_s:
+                    self._last_beat = time.monotonic()
                     task, label, started = self._status
                     self._echo(f"  {task} {label}: {_elapsed(time.monotonic() - started)}")
 
@@ -251,6 +252,13 @@ class Runner:
                     run_id, spec.key, attempt, S.TIMED_OUT, started_at, seconds, str(exc)
                 )
                 raise
+            except KeyboardInterrupt:
+                seconds = time.monotonic() - started
+                self.progress.done()
+                self._record_attempt(
+                    run_id, spec.key, attempt, S.FAILED, started_at, seconds, "interrupted"
+                )
+                raise
             except Exception as exc:
                 status, error = S.FAILED, _describe_error(exc)
                 # A user's mistake (bad input, a setting, a missing table) fails the same way
@@ -261,10 +269,10 @@ class Runner:
             else:
                 seconds = time.monotonic() - started
                 self.progress.done()
-                lines = tuple(result.summary()) if hasattr(result, "summary") else ()
+                lines = _lines(result)
                 for line in lines:
                     self.progress.echo(f"  {line}")
-                headline = result.headline() if hasattr(result, "headline") else ""
+                headline = _headline(result)
                 self.progress.echo(f"✔ {spec.key} succeeded in {_elapsed(seconds)}")
                 self._record_attempt(
                     run_id, spec.key, attempt, S.SUCCEEDED, started_at, seconds, None, lines
@@ -310,15 +318,15 @@ class Runner:
 
         worker = threading.Thread(target=work, name=f"task-{spec.key}", daemon=True)
         worker.start()
-        worker.join(spec.timeout_s)
+        try:
+            worker.join(spec.timeout_s)
+        except KeyboardInterrupt:
+            # Ctrl-C: stop the task's Spark jobs before the run gives up its lock.
+            self.progress.echo(f"interrupted: cancelling the Spark jobs of {spec.key} ...")
+            _stop(worker, self.spark, tag, grace_s=30.0)
+            raise
         if worker.is_alive():
-            # Cancel again every second: a job the task starts after the first cancel (or one
-            # that was not submitted yet) is cancelled too.
-            deadline = time.monotonic() + STOP_GRACE_S
-            while worker.is_alive() and time.monotonic() < deadline:
-                _cancel_jobs(self.spark, tag)
-                worker.join(1.0)
-            if worker.is_alive():
+            if _stop(worker, self.spark, tag, grace_s=STOP_GRACE_S):
                 raise TaskWouldNotStop(
                     f"task {spec.key} did not stop within {STOP_GRACE_S:g} s of its timeout; "
                     "the run stops here"
@@ -345,25 +353,50 @@ class Runner:
         error: str | None,
         outputs: Sequence[str] = (),
     ) -> None:
-        if self.history is None:
+        history = self.history
+        if history is None:
             return
-        self.history.record_attempt(
-            AttemptRecord(
-                run_id=run_id,
-                task=task,
-                attempt=attempt,
-                status=status,
-                started_at=started_at,
-                ended_at=utcnow() if started_at is not None else None,
-                seconds=seconds,
-                error=error,
-                outputs=tuple(outputs),
-            )
+        record = AttemptRecord(
+            run_id=run_id,
+            task=task,
+            attempt=attempt,
+            status=status,
+            started_at=started_at,
+            ended_at=utcnow() if started_at is not None else None,
+            seconds=seconds,
+            error=error,
+            outputs=tuple(outputs),
         )
+        self._best_effort(lambda: history.record_attempt(record), f"{task} attempt {attempt}")
 
     def _record_run(self, run: RunRecord) -> None:
-        if self.history is not None:
-            self.history.record_run(run)
+        history = self.history
+        if history is not None:
+            self._best_effort(lambda: history.record_run(run), f"run {run.run_id}")
+
+    def _best_effort(self, write: Callable[[], Any], what: str) -> None:
+        """A history write that fails (the session died with the task) must not hide the task's
+        own error or stop the run: warn and go on."""
+        try:
+            write()
+        except Exception as exc:
+            self.progress.echo(f"warning: could not record {what} in the run history: "
+                               f"{_describe_error(exc)}")  # fmt: skip
+
+
+def _stop(
+    worker: threading.Thread, spark: SparkSession | None, tag: str, *, grace_s: float
+) -> bool:
+    """Cancel the tagged jobs until the worker ends; True if it is still running after grace_s.
+
+    Cancelling again every second also catches a job the task starts after the first cancel
+    (or one that was not submitted yet).
+    """
+    deadline = time.monotonic() + grace_s
+    while worker.is_alive() and time.monotonic() < deadline:
+        _cancel_jobs(spark, tag)
+        worker.join(1.0)
+    return worker.is_alive()
 
 
 def _tag_jobs(spark: SparkSession | None, tag: str, *, add: bool) -> None:
@@ -396,6 +429,21 @@ def _context(spark: SparkSession) -> Any:
         return spark.sparkContext
     except Exception:  # Spark Connect has no SparkContext
         return None
+
+
+def _lines(result: Any) -> tuple[str, ...]:
+    """The task's summary lines; a summary that fails does not undo the task's work."""
+    try:
+        return tuple(result.summary()) if hasattr(result, "summary") else ()
+    except Exception as exc:
+        return (f"(no summary: {_describe_error(exc)})",)
+
+
+def _headline(result: Any) -> str:
+    try:
+        return str(result.headline()) if hasattr(result, "headline") else ""
+    except Exception as exc:
+        return f"(no headline: {_describe_error(exc)})"
 
 
 def _ended(run: RunRecord, status: str, error: str | None) -> RunRecord:
