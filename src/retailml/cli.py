@@ -8,7 +8,6 @@ import json
 import re
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import click
 
 from retailml.errors import RetailmlError
 from retailml.settings import Settings, load_settings
-from retailml.workflow import TASK_ORDER
+from retailml.workflow import TASK_ORDER, echo_table
 
 
 @dataclasses.dataclass
@@ -234,7 +233,7 @@ def runs(state: _State, run_id: str | None, limit: int) -> None:
             if len(rows) == 1:
                 click.echo("no workflow runs yet; `retailml run` starts one")
                 return
-            _echo_table(rows)
+            echo_table(rows, click.echo)
             return
         attempts = history.attempts(run_id)
         if not attempts:
@@ -245,7 +244,7 @@ def runs(state: _State, run_id: str | None, limit: int) -> None:
             seconds = f"{a.seconds:.1f}" if a.seconds is not None else "-"
             detail = a.error or (a.outputs[0] if a.outputs else "")
             rows.append((a.task, str(a.attempt), a.status, started, seconds, detail))
-        _echo_table(rows)
+        echo_table(rows, click.echo)
 
 
 @cli.command()
@@ -304,7 +303,7 @@ def tables(state: _State) -> None:
                 )
             else:
                 rows.append((name, "-", "-", "not written yet"))
-        _echo_table(rows)
+        echo_table(rows, click.echo)
 
 
 @cli.command()
@@ -333,14 +332,6 @@ def fetch_jars(state: _State) -> None:
         return
     folder = fetch_delta_jars(settings)
     click.echo(f"fetched {settings.spark.delta_package} into {folder}")
-
-
-def _echo_table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            click.echo("  ".join("-" * w for w in widths))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import dataclasses
 import importlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,7 +200,7 @@ def run_workflow(
         except TaskWouldNotStop:
             lock.keep_until_exit()
             raise
-        _echo_table(outcome.table(), echo)
+        echo_table(outcome.table(), echo)
         if outcome.status == S.SUCCEEDED:
             _echo_locations(settings, spark, outcome, echo)
         echo(f"run {run_id} {outcome.status} in {outcome.seconds:.0f} s")
@@ -289,7 +289,8 @@ def _echo_locations(settings: Settings, spark: SparkSession, outcome: Any, echo:
         echo(f"report: {report.path}")
 
 
-def _echo_table(rows: list[tuple[str, ...]], echo: Echo) -> None:
+def echo_table(rows: Sequence[Sequence[str]], echo: Echo = print) -> None:
+    """Print rows as aligned columns, the first row as a header with a rule under it."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
