@@ -30,6 +30,14 @@ jars: install
 run: jars
 	$(BIN)/retailml run
 
+# The benchmark harness: the whole workflow on generated data of size S (demo), M (100k
+# customers) or L (1M customers), measured per task into benchmarks/results.csv and
+# docs/benchmarks.md. Not part of `make test`.
+SIZE ?= S
+.PHONY: bench
+bench: jars
+	$(BIN)/python benchmarks/bench.py --size $(SIZE)
+
 # Headless Chromium (Debian's package) for the test that opens the report in a real browser;
 # installed once when missing.
 browser:

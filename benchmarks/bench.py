@@ -1,0 +1,723 @@
+"""The benchmark harness: the whole workflow at one of three data sizes, measured per task.
+
+    make bench SIZE=S|M|L        (or: .venv/bin/python benchmarks/bench.py --size S)
+
+S is the default demo data (2,000 customers over 730 days, about 174k lines), M 100k customers
+(about 3.4M lines) and L 1M customers (about 34M lines); M and L keep 240 days of history, the
+least the features allow (four training cutoffs 30 days apart, a held-out and a scoring cutoff
+30 days apart). The data is generated once into ``benchmarks/data/<size>`` and reused while its
+``generated.json`` matches.
+
+Each benchmark runs ``retailml run`` as a subprocess in a fresh folder
+``benchmarks/runs/<size>-<timestamp>`` (tables, MLflow store and logs start empty), with Spark's
+event log on. While it runs, the resident memory (VmRSS) of the retailml Python process and of
+its driver JVM (a separate process, the java child) is sampled every 0.5 s. Afterwards, per task:
+
+- seconds, and the [started_at, ended_at] window that assigns memory samples to the task, come
+  from the run history (``ops.task_runs``);
+- shuffle read (remote + local bytes) and write bytes are summed over the stages of the Spark
+  jobs tagged ``retailml-<run_id>-<task>-<attempt>`` in the event log (all attempts);
+- rows in and out are row counts of the tables the task reads and writes, counted after the run
+  (rows in of ingest: the generated source lines; train reads the training and held-out rows of
+  ``silver.customer_features``, score its scoring rows; report has neither).
+
+The history and the counts are read with a small Spark session of its own. Results are printed,
+appended to ``benchmarks/results.csv`` (one row per task) and ``docs/benchmarks.md`` is
+rewritten from the whole CSV. Not part of ``make test``. Run one benchmark at a time (on a shared
+machine under its Spark lock): a second Spark job would distort the times.
+
+The run folder keeps ``run.log``, the event log, and ``bench.json`` + ``memory.csv`` (the
+outcome and the memory samples), so ``--from-run FOLDER`` can measure it again without
+re-running; ``--docs-only`` only rewrites the page from the CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results.csv"
+DOC = ROOT / "docs" / "benchmarks.md"
+COLUMNS = (
+    "date",
+    "size",
+    "git_commit",
+    "task",
+    "seconds",
+    "rows_in",
+    "rows_out",
+    "shuffle_read_mb",
+    "shuffle_write_mb",
+    "jvm_peak_mb",
+    "python_peak_mb",
+    "cores",
+    "total_seconds",
+)
+SAMPLE_S = 0.5
+MB = 1024 * 1024
+SEED = 42  # the settings' default seed; the data of every size is generated with it
+
+# Spark's names of the stage-level shuffle metrics in the event log (SparkListenerStageCompleted
+# → "Stage Info" → "Accumulables").
+SHUFFLE_READ = (
+    "internal.metrics.shuffle.read.remoteBytesRead",
+    "internal.metrics.shuffle.read.localBytesRead",
+)
+SHUFFLE_WRITE = ("internal.metrics.shuffle.write.bytesWritten",)
+
+
+@dataclass(frozen=True)
+class Size:
+    """A benchmark size: the generator's parameters and what the run needs beyond defaults."""
+
+    customers: int
+    products: int
+    days: int
+    expected_lines: str
+    settings: tuple[str, ...] = ()
+
+
+SIZES = {
+    # The demo default (the generator's own defaults).
+    "S": Size(customers=2_000, products=400, days=730, expected_lines="174,484"),
+    # About 34 lines per customer over 240 days (measured with 1k and 100k customers).
+    "M": Size(customers=100_000, products=2_000, days=240, expected_lines="3,374,303"),
+    # The same density, ten times the customers.
+    "L": Size(
+        customers=1_000_000,
+        products=5_000,
+        days=240,
+        expected_lines="about 33.7M",
+        settings=("spark.driver_memory=12g",),
+    ),
+}
+
+# What each task reads, for rows in; what it writes is every table the lakehouse says it produces.
+SOURCE_LINES = "source lines"
+TRAIN_ROWS = "silver.customer_features[train, holdout]"
+SCORE_ROWS = "silver.customer_features[score]"
+TASK_INPUTS = {
+    "ingest": (SOURCE_LINES,),
+    "clean": ("bronze.transactions",),
+    "features": ("silver.transactions",),
+    "train": (TRAIN_ROWS,),
+    "score": (SCORE_ROWS,),
+    "recommend": ("silver.transactions",),
+    "report": (),
+}
+
+
+@dataclass
+class Sample:
+    """One memory sample: UTC time (naive), RSS in bytes of the Python process and its JVM."""
+
+    at: datetime
+    python: int
+    jvm: int
+
+
+@dataclass
+class TaskResult:
+    """One row of the results."""
+
+    task: str
+    status: str
+    attempts: int
+    seconds: float | None
+    rows_in: int | None
+    rows_out: int | None
+    shuffle_read: int
+    shuffle_write: int
+    jvm_peak: int | None
+    python_peak: int | None
+
+
+@dataclass
+class Run:
+    """What the subprocess left behind."""
+
+    folder: Path
+    size: str
+    started: datetime
+    commit: str
+    returncode: int
+    seconds: float
+    samples: list[Sample] = field(default_factory=list)
+
+    def save(self) -> None:
+        """Keep the outcome and the memory samples in the folder, for ``--from-run``."""
+        (self.folder / "bench.json").write_text(
+            json.dumps(
+                {
+                    "size": self.size,
+                    "started": self.started.isoformat(),
+                    "commit": self.commit,
+                    "returncode": self.returncode,
+                    "seconds": self.seconds,
+                }
+            )
+        )
+        with (self.folder / "memory.csv").open("w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(("at_utc", "python_rss_bytes", "jvm_rss_bytes"))
+            writer.writerows((s.at.isoformat(), s.python, s.jvm) for s in self.samples)
+
+
+def load_run(folder: Path) -> Run:
+    """A run saved by :meth:`Run.save`."""
+    meta = json.loads((folder / "bench.json").read_text())
+    with (folder / "memory.csv").open(newline="") as rows:
+        samples = [
+            Sample(
+                datetime.fromisoformat(r["at_utc"]),
+                int(r["python_rss_bytes"]),
+                int(r["jvm_rss_bytes"]),
+            )
+            for r in csv.DictReader(rows)
+        ]
+    started = datetime.fromisoformat(meta["started"])
+    commit = meta.get("commit") or _git_commit()
+    return Run(folder, meta["size"], started, commit, meta["returncode"], meta["seconds"], samples)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="S")
+    parser.add_argument(
+        "--docs-only", action="store_true", help="Only rewrite docs/benchmarks.md from the CSV."
+    )
+    parser.add_argument(
+        "--from-run",
+        type=Path,
+        metavar="FOLDER",
+        help="Measure an earlier run folder again instead of running (its size, not --size).",
+    )
+    args = parser.parse_args(argv)
+    if args.docs_only:
+        write_docs(read_results(RESULTS), DOC)
+        print(f"wrote {DOC.relative_to(ROOT)}")
+        return 0
+
+    if args.from_run:
+        run = load_run(args.from_run.resolve())
+        lines = ensure_data(run.size, SIZES[run.size])[1]
+        folder = run.folder
+    else:
+        size = SIZES[args.size]
+        data, lines = ensure_data(args.size, size)
+        stamp = datetime.now(UTC)
+        folder = BENCH / "runs" / f"{args.size}-{stamp:%Y%m%d-%H%M%S}"
+        print(f"benchmark {args.size}: {lines:,} source lines in {data}; run folder {folder}")
+        run = run_workflow(data, folder, size.settings, size=args.size, started=stamp)
+    if run.returncode != 0:
+        print(f"retailml run failed (exit {run.returncode}) after {run.seconds:.0f} s; "
+              f"see {folder / 'run.log'}")  # fmt: skip
+        return 1
+
+    run_id, attempts, counts = read_lake(folder)
+    counts[SOURCE_LINES] = lines
+    shuffle = shuffle_by_task(folder / "events", run_id)
+    results = per_task(attempts, counts, shuffle, run.samples)
+    rows = [result_row(r, run) for r in results]
+    print_results(results, run, shuffle.get(None, (0, 0)))
+    append_results(RESULTS, rows)
+    write_docs(read_results(RESULTS), DOC)
+    print(f"appended {len(rows)} rows to {RESULTS.relative_to(ROOT)}; "
+          f"wrote {DOC.relative_to(ROOT)}")  # fmt: skip
+    return 0
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def ensure_data(name: str, size: Size) -> tuple[Path, int]:
+    """Generate the size's data set unless an identical one is there; its folder and lines."""
+    folder = BENCH / "data" / name
+    wanted = {"customers": size.customers, "products": size.products, "days": size.days}
+    marker = folder / "generated.json"
+    if not _matches(marker, wanted):
+        print(f"generating {name}: {size.customers:,} customers, {size.products:,} products, "
+              f"{size.days} days ...")  # fmt: skip
+        subprocess.run(
+            [
+                _retailml(),
+                f"--set=seed={SEED}",
+                "generate",
+                *(f"--{k}={v}" for k, v in wanted.items()),
+                f"--out={folder}",
+            ],
+            cwd=ROOT,
+            env=_clean_env(),
+            check=True,
+        )
+    summary = json.loads(marker.read_text())["summary"]
+    return folder / "transactions", int(summary["lines"])
+
+
+def _matches(marker: Path, wanted: dict[str, int]) -> bool:
+    if not marker.is_file():
+        return False
+    params = json.loads(marker.read_text()).get("params", {})
+    return params.get("seed") == SEED and all(params.get(k) == v for k, v in wanted.items())
+
+
+# --- the run and its memory -----------------------------------------------------------------
+
+
+def run_workflow(
+    data: Path, folder: Path, settings: Sequence[str], *, size: str, started: datetime
+) -> Run:
+    """Run ``retailml run`` in ``folder`` on ``data``, sampling memory until it ends."""
+    events = folder / "events"
+    events.mkdir(parents=True)
+    conf = {
+        "spark.eventLog.enabled": "true",
+        "spark.eventLog.dir": str(events),
+        # Plain JSON lines (Spark 4 compresses event logs by default).
+        "spark.eventLog.compress": "false",
+    }
+    command = [
+        _retailml(),
+        f"--set=ingest.source={data}",
+        f"--set=spark.conf={json.dumps(conf)}",
+        *(f"--set={s}" for s in settings),
+        "run",
+    ]
+    log = folder / "run.log"
+    commit, clock = _git_commit(), time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=folder,
+            env={**_clean_env(), "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        echo = threading.Thread(target=_tee, args=(proc.stdout, out), daemon=True)
+        echo.start()
+        samples = []
+        jvm: int | None = None
+        while proc.poll() is None:
+            if jvm is None or _rss(jvm) is None:
+                jvm = _java_child(proc.pid)
+            samples.append(Sample(_utcnow(), _rss(proc.pid) or 0, (_rss(jvm) or 0) if jvm else 0))
+            time.sleep(SAMPLE_S)
+        echo.join()
+    run = Run(folder, size, started, commit, proc.returncode, time.monotonic() - clock, samples)
+    run.save()
+    return run
+
+
+def _tee(stream: Iterable[str], out: object) -> None:
+    for line in stream:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        out.write(line)  # type: ignore[attr-defined]
+
+
+def _rss(pid: int) -> int | None:
+    """The process's resident set size in bytes; None once it has gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return 0  # a zombie has no VmRSS line
+
+
+def _java_child(parent: int) -> int | None:
+    """The driver JVM: the ``java`` child of the Python process (spark-submit execs into it)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its last ')'.
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        if ppid == parent and comm == "java":
+            return int(stat.parent.name)
+    return None
+
+
+# --- reading the results --------------------------------------------------------------------
+
+
+def read_lake(folder: Path) -> tuple[str, list, dict[str, int]]:
+    """The run's id and attempts from the run history, and every table's row count."""
+    from retailml import schemas as S
+    from retailml.lakehouse import TABLES, Lakehouse
+    from retailml.settings import load_settings
+    from retailml.workflow import session
+    from retailml.workflow.history import History
+
+    settings = load_settings(
+        project_dir=folder,
+        environ=_clean_env(),
+        overrides={
+            "spark.master": "local[1]",
+            "spark.ui": False,
+            "spark.driver_memory": "1g",
+            "log_dir": "logs/bench-reader",  # keep the run's own driver log
+        },
+    )
+    with session(settings) as spark:
+        history = History(settings, spark)
+        run_id = history.runs(limit=1)[0].run_id
+        attempts = history.attempts(run_id)
+        lake = Lakehouse(settings, spark)
+        counts = {name: lake.read(name).count() for name in TABLES if lake.exists(name)}
+        by_split = {
+            r[S.SPLIT]: r["count"]
+            for r in lake.read("silver.customer_features").groupBy(S.SPLIT).count().collect()
+        }
+    counts[TRAIN_ROWS] = by_split.get("train", 0) + by_split.get("holdout", 0)
+    counts[SCORE_ROWS] = by_split.get("score", 0)
+    return run_id, attempts, counts
+
+
+def shuffle_by_task(events: Path, run_id: str) -> dict[str | None, tuple[int, int]]:
+    """Shuffle (read, write) bytes per task from the event log; None holds untagged jobs.
+
+    A stage belongs to the first job that lists it; later jobs that list it again skip it (its
+    shuffle output exists), so every completed stage is counted once.
+    """
+    stage_task: dict[int, str | None] = {}
+    totals: dict[str | None, list[int]] = defaultdict(lambda: [0, 0])
+    for path in _event_files(events):
+        with path.open() as lines:
+            for line in lines:
+                if '"SparkListenerJobStart"' in line[:60]:
+                    event = json.loads(line)
+                    tags = (event.get("Properties") or {}).get("spark.job.tags", "")
+                    task = _task_of(tags, run_id)
+                    for stage in event["Stage IDs"]:
+                        stage_task.setdefault(stage, task)
+                elif '"SparkListenerStageCompleted"' in line[:60]:
+                    info = json.loads(line)["Stage Info"]
+                    metrics = {a["Name"]: a.get("Value") for a in info.get("Accumulables", ())}
+                    total = totals[stage_task.get(info["Stage ID"])]
+                    total[0] += sum(int(metrics.get(n) or 0) for n in SHUFFLE_READ)
+                    total[1] += sum(int(metrics.get(n) or 0) for n in SHUFFLE_WRITE)
+    return {task: (r, w) for task, (r, w) in totals.items()}
+
+
+def _event_files(events: Path) -> list[Path]:
+    """The event log's files in order: Spark 4 rolls it into ``eventlog_v2_<app>/events_<n>_<app>``
+    (a single file when rolling is off)."""
+
+    def number(path: Path) -> tuple[str, int]:
+        match = re.match(r"events_(\d+)_", path.name)
+        return (str(path.parent), int(match.group(1)) if match else 0)
+
+    files = [
+        p
+        for p in events.rglob("*")
+        if p.is_file() and not p.name.startswith((".", "appstatus_")) and p.suffix != ".crc"
+    ]
+    return sorted(files, key=number)
+
+
+def _task_of(tags: str, run_id: str) -> str | None:
+    prefix = f"retailml-{run_id}-"
+    for tag in tags.split(","):
+        if tag.startswith(prefix):
+            return tag[len(prefix) :].rsplit("-", 1)[0]
+    return None
+
+
+def per_task(
+    attempts: Sequence,
+    counts: dict[str, int],
+    shuffle: dict[str | None, tuple[int, int]],
+    samples: Sequence[Sample],
+) -> list[TaskResult]:
+    """One result per task, in run order: its last attempt's status and seconds, rows, shuffle
+    and memory peaks over all its attempts' windows."""
+    from retailml.lakehouse import TABLES
+
+    results: dict[str, TaskResult] = {}
+    windows: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
+    for a in attempts:
+        if a.started_at is not None and a.ended_at is not None:
+            windows[a.task].append((a.started_at, a.ended_at))
+        inputs = TASK_INPUTS.get(a.task, ())
+        outputs = [t for t, spec in TABLES.items() if spec.producer == a.task]
+        inside = [s for s in samples if any(lo <= s.at <= hi for lo, hi in windows[a.task])]
+        read, write = shuffle.get(a.task, (0, 0))
+        results[a.task] = TaskResult(
+            task=a.task,
+            status=a.status,
+            attempts=a.attempt,
+            seconds=a.seconds,
+            rows_in=sum(counts.get(t, 0) for t in inputs) if inputs else None,
+            rows_out=sum(counts.get(t, 0) for t in outputs) if outputs else None,
+            shuffle_read=read,
+            shuffle_write=write,
+            jvm_peak=max((s.jvm for s in inside), default=None),
+            python_peak=max((s.python for s in inside), default=None),
+        )
+    return list(results.values())
+
+
+def result_row(r: TaskResult, run: Run) -> dict:
+    """The CSV row of one task."""
+    return {
+        "date": f"{run.started:%Y-%m-%dT%H:%M:%SZ}",
+        "size": run.size,
+        "git_commit": run.commit,
+        "task": r.task,
+        "seconds": _fmt(r.seconds, 1),
+        "rows_in": "" if r.rows_in is None else r.rows_in,
+        "rows_out": "" if r.rows_out is None else r.rows_out,
+        "shuffle_read_mb": _fmt(r.shuffle_read / MB, 1),
+        "shuffle_write_mb": _fmt(r.shuffle_write / MB, 1),
+        "jvm_peak_mb": _fmt(r.jvm_peak / MB if r.jvm_peak is not None else None, 0),
+        "python_peak_mb": _fmt(r.python_peak / MB if r.python_peak is not None else None, 0),
+        "cores": os.cpu_count() or "",
+        "total_seconds": _fmt(run.seconds, 0),
+    }
+
+
+def print_results(results: Sequence[TaskResult], run: Run, untagged: tuple[int, int]) -> None:
+    header = ("task", "status", "seconds", "rows in", "rows out", "shuffle read MB",
+              "shuffle write MB", "JVM peak MB", "Python peak MB")  # fmt: skip
+    rows = [header] + [
+        (
+            r.task,
+            r.status,
+            _fmt(r.seconds, 1),
+            _count(r.rows_in),
+            _count(r.rows_out),
+            _fmt(r.shuffle_read / MB, 1),
+            _fmt(r.shuffle_write / MB, 1),
+            _fmt(r.jvm_peak / MB if r.jvm_peak is not None else None, 0),
+            _fmt(r.python_peak / MB if r.python_peak is not None else None, 0),
+        )
+        for r in results
+    ]
+    print()
+    for line in _aligned(rows):
+        print(line)
+    jvm = max((s.jvm for s in run.samples), default=0) / MB
+    python = max((s.python for s in run.samples), default=0) / MB
+    print(f"end to end {run.seconds:.0f} s (JVM start and summary included); peaks over the "
+          f"whole run: JVM {jvm:,.0f} MB, Python {python:,.0f} MB; shuffle outside the tasks' "
+          f"jobs: read {untagged[0] / MB:.1f} MB, write {untagged[1] / MB:.1f} MB")  # fmt: skip
+
+
+# --- the CSV and the page -------------------------------------------------------------------
+
+
+def append_results(path: Path, rows: Sequence[dict]) -> None:
+    new = not path.is_file() or path.stat().st_size == 0
+    with path.open("a", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as rows:
+        return list(csv.DictReader(rows))
+
+
+def write_docs(rows: Sequence[dict[str, str]], path: Path) -> None:
+    """Rewrite the benchmarks page: the machine, then per size the latest run of each task."""
+    out = [
+        "# Benchmarks",
+        "",
+        "Generated by `benchmarks/bench.py` from `benchmarks/results.csv`; do not edit by hand.",
+        "",
+        "## Machine",
+        "",
+        *(f"- {line}" for line in machine()),
+        "",
+        "## How to run",
+        "",
+        "`make bench SIZE=S` (or `M`, `L`) generates the data set once into "
+        "`benchmarks/data/<size>` (reused while its parameters match), runs the whole workflow "
+        "with `retailml run` in a fresh folder `benchmarks/runs/<size>-<timestamp>` (empty "
+        "tables and MLflow store, Spark's event log on) and appends one row per task to "
+        "`benchmarks/results.csv`, then rewrites this page. Seconds come from the run history "
+        "(`ops.task_runs`); rows in / out are row counts of the tables a task reads and writes; "
+        "shuffle read / write are summed over the stages of the Spark jobs tagged with the "
+        "task's attempts in the event log; the JVM and Python peaks are the highest resident "
+        "memory (RSS) of the driver JVM and of the retailml Python process sampled every "
+        "0.5 s during the task (the JVM's heap seldom shrinks, so its peak carries over into "
+        "later tasks). Total is the end-to-end time of the command, JVM start included. "
+        "Run one benchmark at a time on a machine; the run folders can be deleted afterwards.",
+        "",
+        "| size | customers | products | days | source lines |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *(
+            f"| {name} | {s.customers:,} | {s.products:,} | {s.days} | {_lines_of(name, rows)} |"
+            for name, s in SIZES.items()
+        ),
+        "",
+    ]
+    for name in SIZES:
+        runs = [r for r in rows if r["size"] == name]
+        if runs:
+            out += _size_section(name, runs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(out).rstrip() + "\n")
+
+
+def _size_section(name: str, rows: Sequence[dict[str, str]]) -> list[str]:
+    latest_date = max(r["date"] for r in rows)
+    latest = [r for r in rows if r["date"] == latest_date]
+    commit = latest[0]["git_commit"]
+    earlier = [r for r in rows if r["git_commit"] != commit]
+    before: dict[str, str] = {}
+    before_commit = ""
+    if earlier:
+        before_date = max(r["date"] for r in earlier)
+        before_rows = [r for r in earlier if r["date"] == before_date]
+        before_commit = before_rows[0]["git_commit"]
+        before = {r["task"]: r["seconds"] for r in before_rows}
+    seconds = (
+        [f"seconds before ({before_commit})", f"seconds after ({commit})"]
+        if before
+        else ["seconds"]
+    )
+    header = ["task", *seconds, "rows in", "rows out", "shuffle read MB", "shuffle write MB",
+              "JVM peak MB", "Python peak MB"]  # fmt: skip
+    lines = [
+        f"## {name}",
+        "",
+        f"Run of {latest_date} at commit `{commit}` on {latest[0]['cores']} cores: "
+        f"{float(latest[0]['total_seconds']):.0f} s end to end.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
+    ]
+    for r in latest:
+        cells = [r["task"]]
+        if before:
+            cells.append(before.get(r["task"], "-"))
+        cells += [
+            r["seconds"] or "-",
+            _count(int(r["rows_in"])) if r["rows_in"] else "-",
+            _count(int(r["rows_out"])) if r["rows_out"] else "-",
+            r["shuffle_read_mb"],
+            r["shuffle_write_mb"],
+            r["jvm_peak_mb"] or "-",
+            r["python_peak_mb"] or "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _lines_of(name: str, rows: Sequence[dict[str, str]]) -> str:
+    """The source lines of the size's latest run, else what the generator is expected to give."""
+    ingest = [r for r in rows if r["size"] == name and r["task"] == "ingest" and r["rows_in"]]
+    if ingest:
+        return f"{int(max(ingest, key=lambda r: r['date'])['rows_in']):,}"
+    return f"{SIZES[name].expected_lines} (expected)"
+
+
+def machine() -> list[str]:
+    """CPU model, cores, RAM, OS, Java, Python and Spark versions of this machine."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
+        platform.processor() or "unknown CPU",
+    )
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").is_file() else ""
+    match = re.search(r"MemTotal:\s+(\d+) kB", meminfo)
+    ram = f"{int(match.group(1)) / 1024 / 1024:.1f} GiB RAM" if match else "RAM unknown"
+    try:
+        java = subprocess.run(
+            ["java", "-version"], capture_output=True, text=True, check=False
+        ).stderr.splitlines()[0]
+    except (OSError, IndexError):
+        java = "java not found"
+    try:
+        import pyspark
+
+        spark = f"PySpark {pyspark.__version__}"
+    except ImportError:
+        spark = "PySpark not installed"
+    return [
+        f"{cpu}, {os.cpu_count()} cores, {ram}",
+        f"{platform.system()} {platform.release()}",
+        java,
+        f"Python {platform.python_version()}, {spark}",
+        "Spark local[*] with the default settings (driver memory 4g; L: 12g)",
+    ]
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _retailml() -> str:
+    return str(Path(sys.executable).with_name("retailml"))
+
+
+def _clean_env() -> dict[str, str]:
+    """This environment without retailml or MLflow settings, so every run sees the defaults."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RETAILML_") and k != "MLFLOW_TRACKING_URI"
+    }
+
+
+def _git_commit() -> str:
+    """The short commit; ``+`` when src/ has uncommitted changes."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+
+    head = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
+    dirty = git("status", "--porcelain", "--", "src").stdout.strip()
+    return f"{head}+" if dirty else head
+
+
+def _utcnow() -> datetime:
+    # Naive UTC, as the run history returns its times.
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = zip(row, widths, strict=True)
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(cells)))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
