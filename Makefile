@@ -4,12 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint jars browser install clean-data help
+.PHONY: run test cluster-test lint jars browser install clean-data help
 
 help:
 	@echo "make run    set up (venv, package, Delta jars) and run the whole workflow on generated data"
 	@echo "make test   set up the same way and run the test suite"
 	@echo "make lint   ruff + mypy"
+	@echo "make cluster-test  the workflow on a local Spark standalone cluster vs a local run"
 
 # The virtual environment with the package (editable) and the dev tools. PyPI ships pyspark
 # only as a source archive, so the first install builds it (about two minutes, then cached).
@@ -48,6 +49,11 @@ browser:
 
 test: jars browser
 	$(BIN)/python -m pytest
+
+# The whole workflow on a Spark standalone cluster (one master, two 1-core workers started with
+# pyspark's bin/spark-class) compared with a local run; about ten minutes.
+cluster-test: jars
+	$(BIN)/python -m pytest -m cluster tests/cluster -v
 
 lint: install
 	$(BIN)/ruff check src tests
