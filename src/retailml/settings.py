@@ -142,7 +142,10 @@ class TrainSettings(_Section):
     )
     folds: int = Field(3, ge=2, description="Cross-validation folds, grouped by customer.")
     validation_split_above_rows: int = Field(
-        500_000, ge=1, description="Above this many training rows, TrainValidationSplit."
+        100_000,
+        ge=1,
+        description="Above this many training rows, one validation fold of customers instead "
+        "of cross-validation.",
     )
     parallelism: int = Field(1, ge=1, description="Grid points fitted in parallel.")
     promotion_margin: float = Field(

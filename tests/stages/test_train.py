@@ -33,6 +33,42 @@ def test_folds_keep_a_customer_together(spark: SparkSession) -> None:
     assert {r.fold for r in df.collect()} <= {0, 1, 2}
 
 
+def test_customer_validation_split_validates_on_fold_zero(spark: SparkSession) -> None:
+    """Above the size setting, tuning fits each grid point on folds 1.. and measures it on the
+    customers of fold 0, then refits the best on every row."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.ml.tuning import ParamGridBuilder
+
+    rows = [(f"c{i % 40}", float(i % 13), int(i % 13 > 5 if i % 4 else i % 2)) for i in range(400)]
+    df = train.with_customer_folds(
+        train.with_class_weights(
+            spark.createDataFrame(rows, "customer_id string, x double, label int"),
+            positive_rate=0.5,
+        ),
+        folds=3,
+        seed=7,
+    )
+    lr = LogisticRegression(featuresCol="v", labelCol="label", weightCol=train.WEIGHT)
+    pipe = Pipeline(stages=[VectorAssembler(inputCols=["x"], outputCol="v"), lr])
+    grid = ParamGridBuilder().addGrid(lr.regParam, [0.0, 5.0]).build()
+    evaluator = BinaryClassificationEvaluator(labelCol="label")
+    tuned = train.CustomerValidationSplit(
+        estimator=pipe, estimatorParamMaps=grid, evaluator=evaluator
+    ).fit(df)
+
+    fitted_on = df.where("fold != 0")
+    measured_on = df.where("fold = 0")
+    expected = [evaluator.evaluate(pipe.fit(fitted_on, p).transform(measured_on)) for p in grid]
+    assert tuned.validationMetrics == pytest.approx(expected)
+    assert 0 < measured_on.count() < df.count()
+    best = max(range(2), key=lambda i: expected[i])
+    refit = pipe.fit(df, grid[best]).stages[-1]
+    assert tuned.bestModel.stages[-1].coefficients == refit.coefficients
+
+
 @pytest.mark.slow
 def test_train_end_to_end_logs_to_mlflow_and_gates(tmp_path: Path, spark: SparkSession) -> None:
     settings = make_settings(

@@ -23,11 +23,13 @@ mode describes the business. The popularity baseline is measured the same way. T
 (``ranks × reg_params × alphas``) is tuned on NDCG@k of the mode that matches
 ``exclude_purchased``.
 
-**Candidates.** ALS returns the top ``k + n`` products per customer, where ``n`` is the most
-distinct products any scored customer has bought (one small aggregation per call, capped at
-:data:`MAX_EXTRA_CANDIDATES`), so that ``k`` survive excluding what was bought. They are
-exploded, filtered and ranked with ``row_number`` over a window per customer (score
-descending, product id on ties); no per-customer data reaches the driver.
+**Candidates** (:func:`als_top_k`). A customer who bought ``b`` products needs ALS's top
+``k + b`` (``b`` capped at :data:`MAX_EXTRA_CANDIDATES`) for ``k`` to survive excluding them.
+Customers are grouped by that depth into tiers (``k``, ``4k``, ``16k``, ...), so a customer
+with a short history does not pay for the longest one; the bought products are dropped and the
+list cut to ``k`` inside each customer's candidate array, and only those rows are exploded
+and ranked with ``row_number`` over a window per customer (score descending, product id on
+ties). No per-customer data reaches the driver.
 
 **Fallback** (:func:`recommend_customers`). Every customer gets exactly ``k`` rows: first the
 customer's ALS recommendations, then the popularity ranking (distinct buyers in the last
@@ -117,6 +119,8 @@ _PRIORITY = "_priority"
 _LIST_COUNTRY = "_list_country"
 _TIE = "_tie"
 _MODE = "_mode"
+_SEEN = "_seen"
+_TIER = "_tier"
 
 
 # --- pure transformations ------------------------------------------------------------------
@@ -238,49 +242,85 @@ def als_estimator(
     return als
 
 
-def extra_candidates(
-    bought: DataFrame | None,
-    customers: DataFrame | None = None,
+def _depth_tiers(k: int, cap: int) -> list[int]:
+    """The candidate depths ALS is asked for: k, 4k, 16k, ... up to k + cap."""
+    tiers, depth = [k], k
+    while depth < k + cap:
+        depth = min(depth * 4, k + cap)
+        tiers.append(depth)
+    return tiers
+
+
+def als_top_k(
+    model: ALSModel,
+    indexers: Indexers,
     *,
+    k: int,
+    customers: DataFrame | None = None,
+    exclude: DataFrame | None = None,
     cap: int = MAX_EXTRA_CANDIDATES,
-) -> int:
-    """How many candidates beyond k to ask ALS for, so that k survive excluding ``bought``: the
-    most distinct products any of ``customers`` (all, when None) bought, at most ``cap``."""
-    if bought is None:
-        return 0
-    scope = bought
-    if customers is not None:
-        scope = bought.join(customers.select(S.CUSTOMER_ID).distinct(), S.CUSTOMER_ID, "left_semi")
-    row = (
-        scope.groupBy(S.CUSTOMER_ID)
-        .agg(F.count(F.lit(1)).alias("n"))
-        .agg(F.max("n").alias("n"))
-        .first()
-    )
-    return min(int(row["n"] or 0) if row else 0, cap)
-
-
-def als_candidates(
-    model: ALSModel, indexers: Indexers, *, n: int, customers: DataFrame | None = None
 ) -> DataFrame:
-    """The ``n`` best-scored products per customer: ``customer_id, product_id, score``.
+    """Each customer's ``k`` best-scored products, without the ``exclude``d ones, ranked 1..k.
+
+    A customer who bought ``b`` of the model's products needs the top ``k + b`` to keep ``k``
+    after the exclusion. Rather than asking ALS for the deepest list anyone needs for everyone,
+    customers are grouped by the depth they need (``k``, ``4k``, ``16k``, ... up to
+    ``k + cap``; see :func:`_depth_tiers`) and each group gets its own depth. The exclusion and
+    the cut to ``k`` happen inside each customer's candidate array (no row per candidate), and
+    the survivors are ranked with :func:`top_k`'s window (score descending, product id on ties).
 
     Args:
         model: A fitted ALS model on the ``indexers``' indices.
         indexers: Map customers in and customers and products back out.
-        n: Candidates per customer.
+        k: Recommendations per customer.
         customers: Whom to score (a ``customer_id`` column); every customer the model knows
             when None. Customers the model or the indexer does not know get no rows.
+        exclude: (customer_id, product_id) pairs never to recommend, e.g. what was bought.
+        cap: At most this many candidates beyond ``k`` per customer: a customer who bought
+            more of the catalogue than that can get fewer than ``k`` rows.
+
+    Returns:
+        ``customer_id, product_id, score, rank``.
     """
     if customers is None:
-        recs = model.recommendForAllUsers(n)
+        users = model.userFactors.select(F.col("id").alias(USER))
     else:
         users = indexers.index_users(customers.select(S.CUSTOMER_ID).distinct()).select(USER)
-        recs = model.recommendForUserSubset(users, n)
-    exploded = recs.select(USER, F.explode("recommendations").alias("r")).select(
+    depth: F.Column = F.lit(k)
+    if exclude is not None:
+        # Only products the model knows can be recommended, so only they need excluding.
+        seen = (
+            indexers.index(exclude.select(S.CUSTOMER_ID, S.PRODUCT_ID).distinct())
+            .groupBy(USER)
+            .agg(F.collect_list(ITEM).alias(_SEEN))
+        )
+        users = users.join(seen, USER, "left").withColumn(
+            _SEEN, F.coalesce(F.col(_SEEN), F.array().cast("array<int>"))
+        )
+        depth = depth + F.least(F.size(_SEEN), F.lit(cap))
+    tiers = _depth_tiers(k, cap if exclude is not None else 0)
+    tier = F.lit(tiers[-1])
+    for t in reversed(tiers[:-1]):
+        tier = F.when(depth <= t, F.lit(t)).otherwise(tier)
+    users = users.withColumn(_TIER, tier)
+    recs = None
+    for t in tiers:
+        part = model.recommendForUserSubset(users.where(F.col(_TIER) == t).select(USER), t)
+        recs = part if recs is None else recs.unionByName(part)
+    assert recs is not None
+    found = F.col("recommendations")
+    if exclude is not None:
+        recs = recs.join(users.select(USER, _SEEN), USER)
+        found = F.filter(found, lambda r: ~F.array_contains(F.col(_SEEN), r[ITEM]))
+    # ALS lists a customer's candidates by rating, best first. Keep the k best plus any tied
+    # with the k-th, and let the window decide between ties (by product id).
+    kth = F.try_element_at(found, F.lit(k))["rating"]
+    best = F.filter(found, lambda r: F.coalesce(r["rating"] >= kth, F.lit(True)))
+    exploded = recs.select(USER, F.explode(best).alias("r")).select(
         USER, F.col(f"r.{ITEM}").alias(ITEM), F.col("r.rating").cast("double").alias(S.SCORE_VALUE)
     )
-    return indexers.to_ids(exploded).select(S.CUSTOMER_ID, S.PRODUCT_ID, S.SCORE_VALUE)
+    candidates = indexers.to_ids(exploded).select(S.CUSTOMER_ID, S.PRODUCT_ID, S.SCORE_VALUE)
+    return top_k(candidates, k=k)
 
 
 def top_k(candidates: DataFrame, *, k: int, exclude: DataFrame | None = None) -> DataFrame:
@@ -537,8 +577,7 @@ def serve(
         ``customer_id, rank, product_id, score, source``, exactly k rows per customer.
     """
     indexers, als_model = unpack(model)
-    n = extra_candidates(bought, cap=max_extra)
-    best = top_k(als_candidates(als_model, indexers, n=k + n), k=k, exclude=bought)
+    best = als_top_k(als_model, indexers, k=k, exclude=bought, cap=max_extra)
     return recommend_customers(
         customers, popular, k=k, als=best, bought=bought, max_extra=max_extra
     )
@@ -708,7 +747,6 @@ def _evaluate_point(
     eval_customers: DataFrame,
     relevant: DataFrame,
     prior: DataFrame,
-    n: int,
     k: int,
     catalog_size: int,
     blocks: int,
@@ -727,13 +765,11 @@ def _evaluate_point(
             blocks=blocks,
         ).fit(train)
         fit_seconds = time.monotonic() - started
-        # Persist: both modes rank the same candidates.
-        candidates = als_candidates(model, indexers, n=k + n, customers=eval_customers).persist()
-        try:
-            recommended = {ALL: top_k(candidates, k=k), NEW: top_k(candidates, k=k, exclude=prior)}
-            metrics = _metrics_by_mode(recommended, relevant, k=k, catalog_size=catalog_size)
-        finally:
-            candidates.unpersist()
+        recommended = {
+            ALL: als_top_k(model, indexers, k=k, customers=eval_customers),
+            NEW: als_top_k(model, indexers, k=k, customers=eval_customers, exclude=prior),
+        }
+        metrics = _metrics_by_mode(recommended, relevant, k=k, catalog_size=catalog_size)
         mlflow.log_params({"rank": rank, "reg_param": reg_param, "alpha": alpha, "k": k})
         mlflow.log_metrics(
             {
@@ -856,7 +892,6 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
             before.where(F.col(S.EVENT_TYPE) == S.PURCHASE).select(S.PRODUCT_ID).distinct().count(),
             1,
         )
-        n_eval = extra_candidates(prior, eval_customers)
         popular_then = _persist(
             popularity(before, end=cutoff, days=cfg.popular_days, min_country_products=k), kept
         )
@@ -878,7 +913,7 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
                     "max_iter": cfg.max_iter,
                     "seed": settings.seed,
                     "tuned_mode": tuned_mode,
-                    "extra_candidates": n_eval,
+                    "max_extra_candidates": MAX_EXTRA_CANDIDATES,
                     "catalog_size": catalog_size,
                 }
             )
@@ -891,7 +926,6 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
                     eval_customers=eval_customers,
                     relevant=relevant,
                     prior=prior,
-                    n=n_eval,
                     k=k,
                     catalog_size=catalog_size,
                     blocks=blocks,

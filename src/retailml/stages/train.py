@@ -14,17 +14,25 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.spark
+from pyspark import inheritable_thread_target
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.ml.functions import vector_to_array
-from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
+from pyspark.ml.tuning import (
+    CrossValidator,
+    ParamGridBuilder,
+    TrainValidationSplit,
+    TrainValidationSplitModel,
+    _parallelFitTasks,
+)
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -158,15 +166,48 @@ def score_column(model_output: DataFrame) -> DataFrame:
     return model_output.withColumn(SCORE, vector_to_array(F.col("probability"))[1])
 
 
+class CustomerValidationSplit(TrainValidationSplit):
+    """A train-validation split whose validation rows are the customers of fold 0.
+
+    Like :class:`CrossValidator` with ``foldCol``, and unlike :class:`TrainValidationSplit`'s
+    random share of rows, a customer's rows from different cutoffs stay on one side, and the
+    split does not depend on how the rows are partitioned (``rand`` does), so a cluster and a
+    local run tune alike. ``trainRatio`` is ignored: the validation share is ``1 / folds``.
+    Each grid point is fitted once on the other folds; the best is refitted on all rows.
+    """
+
+    def _fit(self, dataset: DataFrame) -> TrainValidationSplitModel:
+        est = self.getOrDefault(self.estimator)
+        grid = self.getOrDefault(self.estimatorParamMaps)
+        evaluator = self.getOrDefault(self.evaluator)
+        in_validation = F.col(FOLD) == 0
+        validation = dataset.where(in_validation).persist()
+        train = dataset.where(~in_validation).persist()
+        try:
+            tasks = map(
+                inheritable_thread_target(dataset.sparkSession),
+                _parallelFitTasks(est, train, evaluator, validation, grid, False),
+            )
+            metrics = [0.0] * len(grid)
+            with ThreadPool(processes=min(self.getParallelism(), len(grid))) as pool:
+                for index, metric, _ in pool.imap_unordered(lambda task: task(), tasks):
+                    metrics[index] = metric
+        finally:
+            train.unpersist()
+            validation.unpersist()
+        best = max(range(len(grid)), key=lambda i: metrics[i])
+        model = est.fit(dataset, grid[best])
+        return self._copyValues(TrainValidationSplitModel(model, metrics))
+
+
 def _tuner(pipe: Pipeline, grid: list[dict], *, rows: int, settings: Settings) -> Any:
     evaluator = BinaryClassificationEvaluator(labelCol=S.LABEL, metricName="areaUnderROC")
     cfg = settings.train
     if rows > cfg.validation_split_above_rows:
-        return TrainValidationSplit(
+        return CustomerValidationSplit(
             estimator=pipe,
             estimatorParamMaps=grid,
             evaluator=evaluator,
-            trainRatio=0.75,
             parallelism=cfg.parallelism,
             seed=settings.seed,
         )
