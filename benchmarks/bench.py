@@ -97,13 +97,15 @@ SIZES = {
     "S": Size(customers=2_000, products=400, days=730, expected_lines="174,484"),
     # About 34 lines per customer over 240 days (measured with 1k and 100k customers).
     "M": Size(customers=100_000, products=2_000, days=240, expected_lines="3,374,303"),
-    # The same density, ten times the customers.
+    # The same density, ten times the customers. The driver JVM gets a 10 GiB heap, so that
+    # with its off-heap memory it stays within 12 GiB; 16 shuffle partitions keep each reduce
+    # task's share of the largest shuffles (de-duplication, features) a few hundred MB.
     "L": Size(
         customers=1_000_000,
         products=5_000,
         days=240,
         expected_lines="about 33.7M",
-        settings=("spark.driver_memory=12g",),
+        settings=("spark.driver_memory=10g", "spark.shuffle_partitions=16"),
     ),
 }
 

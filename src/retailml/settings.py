@@ -147,6 +147,12 @@ class TrainSettings(_Section):
         description="Above this many training rows, one validation fold of customers instead "
         "of cross-validation.",
     )
+    tune_max_rows: int = Field(
+        250_000,
+        ge=1,
+        description="Above this many training rows, the grid is tuned on a sample of customers "
+        "with about this many rows; the chosen point is refitted on all rows.",
+    )
     parallelism: int = Field(1, ge=1, description="Grid points fitted in parallel.")
     promotion_margin: float = Field(
         0.001, ge=0, description="ROC-AUC a challenger must gain over the champion."
@@ -172,6 +178,12 @@ class RecommendSettings(_Section):
     reg_params: list[float] = Field(default_factory=lambda: [0.05, 0.2], min_length=1)
     alphas: list[float] = Field(default_factory=lambda: [5.0, 20.0], min_length=1)
     max_iter: int = Field(10, ge=1)
+    tune_max_customers: int = Field(
+        150_000,
+        ge=1,
+        description="Above this many customers, the grid is tuned and evaluated on a fixed "
+        "sample of about this many; the final model is fitted on everyone.",
+    )
     promotion_margin: float = Field(0.001, ge=0, description="NDCG@k gain to replace the champion.")
     experiment: str = "retailml-recommendations"
     model_name: str = "retailml-recommender"

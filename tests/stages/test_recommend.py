@@ -17,6 +17,7 @@ from retailml import schemas as S
 from retailml.errors import InputError, RetailmlError
 from retailml.lakehouse import Lakehouse
 from retailml.ml import registry, tracking
+from retailml.ml.sample import customer_share
 from retailml.settings import Settings
 from retailml.stages import clean, recommend
 from tests.conftest import make_settings
@@ -310,8 +311,12 @@ def test_als_top_k_matches_brute_force_over_every_tier(spark: SparkSession) -> N
         rank=3, reg_param=0.1, alpha=5.0, max_iter=5, seed=3, blocks=2
     ).fit(indexers.index(history))
     bought = recommend.purchased(transactions).where("customer_id != 'c0'")
-    got = by_rank(recommend.als_top_k(als, indexers, k=2, exclude=bought, cap=30))
-    unexcluded = by_rank(recommend.als_top_k(als, indexers, k=2))
+
+    everyone = spark.createDataFrame([(f"c{c}",) for c in range(6)], "customer_id string")
+    got = by_rank(
+        recommend.als_top_k(als, indexers, k=2, customers=everyone, exclude=bought, cap=30)
+    )
+    unexcluded = by_rank(recommend.als_top_k(als, indexers, k=2, customers=everyone))
 
     users = dict(zip(indexers.user.labels, range(len(indexers.user.labels)), strict=True))
     items = indexers.item.labels
@@ -417,6 +422,38 @@ def test_run_writes_k_rows_per_customer_idempotently_and_registers(
     assert not second.decision.promoted and second.model_version == first.model_version
     again = lake.read("gold.recommendations").collect()
     assert sorted(again) == sorted(rows)
+
+
+def test_run_tunes_on_a_sample_of_customers_above_the_setting(
+    tmp_path: Path, spark: SparkSession
+) -> None:
+    """With more customers than recommend.tune_max_customers, the grid is evaluated on a fixed
+    share of them, but the final model and the written rows cover everyone."""
+    settings = make_settings(
+        tmp_path,
+        **{
+            "recommend.k": 3,
+            "recommend.eval_days": 14,
+            "recommend.ranks": [2],
+            "recommend.reg_params": [0.1],
+            "recommend.alphas": [5.0],
+            "recommend.max_iter": 5,
+            "recommend.tune_max_customers": 6,  # of the 12 buyers
+        },
+    )
+    lake = write_silver(settings, spark, two_taste_history())
+    result = recommend.run(settings, spark)
+    client = tracking.configure(settings)
+    params = client.get_run(result.parent_run_id).data.params
+    assert float(params["tuning_sample"]) == 0.5
+    share = {
+        r.customer_id
+        for r in lake.read("silver.customers").where(customer_share(settings.seed) < 0.5).collect()
+    }
+    assert 0 < result.eval_customers <= len(share & {f"c{i:02d}" for i in range(12)}) < 12
+    got = by_customer(lake.read("gold.recommendations"))
+    assert len(got) == lake.read("silver.customers").count()
+    assert all(len(recs) == 3 for recs in got.values())
 
 
 def test_too_little_history_is_a_clear_error(tmp_path: Path, spark: SparkSession) -> None:

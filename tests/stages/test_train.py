@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from retailml import schemas as S
 from retailml.lakehouse import Lakehouse
 from retailml.ml import registry, tracking
+from retailml.ml.sample import customer_share
 from retailml.stages import train
 from retailml.workflow import generate_data, run_task
 from tests.conftest import make_settings
@@ -67,6 +68,27 @@ def test_customer_validation_split_validates_on_fold_zero(spark: SparkSession) -
     best = max(range(2), key=lambda i: expected[i])
     refit = pipe.fit(df, grid[best]).stages[-1]
     assert tuned.bestModel.stages[-1].coefficients == refit.coefficients
+
+    # Tuned on a share of the customers (all their rows), refitted on every row.
+    split = train.CustomerValidationSplit(
+        estimator=pipe, estimatorParamMaps=grid, evaluator=evaluator, seed=3
+    )
+    split.sample = 0.5
+    sampled = split.fit(df)
+    kept = df.where(customer_share(3) < 0.5)
+    customers = {r.customer_id for r in kept.select("customer_id").distinct().collect()}
+    assert 10 < len(customers) < 30
+    assert kept.count() == 10 * len(customers)  # every row of a kept customer
+    expected = [
+        evaluator.evaluate(pipe.fit(kept.where("fold != 0"), p).transform(kept.where("fold = 0")))
+        for p in grid
+    ]
+    assert sampled.validationMetrics == pytest.approx(expected)
+    best = max(range(2), key=lambda i: expected[i])
+    assert (
+        sampled.bestModel.stages[-1].coefficients
+        == pipe.fit(df, grid[best]).stages[-1].coefficients
+    )
 
 
 @pytest.mark.slow

@@ -23,13 +23,13 @@ mode describes the business. The popularity baseline is measured the same way. T
 (``ranks × reg_params × alphas``) is tuned on NDCG@k of the mode that matches
 ``exclude_purchased``.
 
-**Candidates** (:func:`als_top_k`). A customer who bought ``b`` products needs ALS's top
-``k + b`` (``b`` capped at :data:`MAX_EXTRA_CANDIDATES`) for ``k`` to survive excluding them.
-Customers are grouped by that depth into tiers (``k``, ``4k``, ``16k``, ...), so a customer
-with a short history does not pay for the longest one; the bought products are dropped and the
-list cut to ``k`` inside each customer's candidate array, and only those rows are exploded
-and ranked with ``row_number`` over a window per customer (score descending, product id on
-ties). No per-customer data reaches the driver.
+**Candidates** (:func:`candidate_lists`, :func:`top_k_from_lists`). A customer who bought
+``b`` products needs ALS's top ``k + b`` (``b`` capped at :data:`MAX_EXTRA_CANDIDATES`) for
+``k`` to survive excluding them. Customers are grouped by that depth into tiers (``k``,
+``4k``, ``16k``, ...), so a customer with a short history does not pay for the longest one;
+the bought products are dropped and the list cut to ``k`` inside each customer's candidate
+array, and only those rows are exploded and ranked with ``row_number`` over a window per
+customer (score descending, product id on ties). No per-customer data reaches the driver.
 
 **Fallback** (:func:`recommend_customers`). Every customer gets exactly ``k`` rows: first the
 customer's ALS recommendations, then the popularity ranking (distinct buyers in the last
@@ -77,6 +77,7 @@ from retailml.errors import InputError, RetailmlError
 from retailml.lakehouse import Lakehouse
 from retailml.ml import registry, tracking
 from retailml.ml.ranking import RankingMetrics, ranking_metrics_by
+from retailml.ml.sample import customer_share
 from retailml.settings import Settings
 
 REQUIRED_COLUMNS = (
@@ -109,6 +110,8 @@ METRIC_PREFIX = {ALS_MODEL: "als", POPULAR_MODEL: "pop"}
 
 # At most this many candidates beyond k per customer, to survive excluding bought products.
 MAX_EXTRA_CANDIDATES = 200
+# Candidates beyond the k-th that are ranked too, in case they tie with it.
+TIE_MARGIN = 5
 
 _BOUGHT_UNITS = "_bought_units"
 _ORDER = "_order"
@@ -191,11 +194,15 @@ class Indexers:
         """Adds ``user_idx``; customers the map does not know are dropped."""
         return self.user.transform(df)
 
-    def to_ids(self, df: DataFrame) -> DataFrame:
-        """Replaces ``user_idx`` and ``item_idx`` by ``customer_id`` and ``product_id``."""
-        users = IndexToString(inputCol=USER, outputCol=S.CUSTOMER_ID, labels=self.user.labels)
+    def item_ids(self, df: DataFrame) -> DataFrame:
+        """Replaces ``item_idx`` by ``product_id``.
+
+        Only for products: ``IndexToString`` sends its labels from Python to the JVM one call
+        per label, which is fine for a catalogue but not for a million customers (customer ids
+        are carried along instead; see :func:`candidate_lists`).
+        """
         items = IndexToString(inputCol=ITEM, outputCol=S.PRODUCT_ID, labels=self.item.labels)
-        return items.transform(users.transform(df)).drop(USER, ITEM)
+        return items.transform(df).drop(ITEM)
 
 
 def fit_indexers(interactions_df: DataFrame) -> Indexers:
@@ -251,41 +258,39 @@ def _depth_tiers(k: int, cap: int) -> list[int]:
     return tiers
 
 
-def als_top_k(
+def candidate_lists(
     model: ALSModel,
     indexers: Indexers,
     *,
     k: int,
-    customers: DataFrame | None = None,
+    customers: DataFrame,
     exclude: DataFrame | None = None,
     cap: int = MAX_EXTRA_CANDIDATES,
 ) -> DataFrame:
-    """Each customer's ``k`` best-scored products, without the ``exclude``d ones, ranked 1..k.
+    """Each customer's ALS candidates, deep enough that ``k`` survive dropping ``exclude``.
 
     A customer who bought ``b`` of the model's products needs the top ``k + b`` to keep ``k``
     after the exclusion. Rather than asking ALS for the deepest list anyone needs for everyone,
     customers are grouped by the depth they need (``k``, ``4k``, ``16k``, ... up to
-    ``k + cap``; see :func:`_depth_tiers`) and each group gets its own depth. The exclusion and
-    the cut to ``k`` happen inside each customer's candidate array (no row per candidate), and
-    the survivors are ranked with :func:`top_k`'s window (score descending, product id on ties).
+    ``k + cap``; see :func:`_depth_tiers`) and each group gets its own depth.
 
     Args:
         model: A fitted ALS model on the ``indexers``' indices.
-        indexers: Map customers in and customers and products back out.
+        indexers: Map customers and products to the model's indices.
         k: Recommendations per customer.
-        customers: Whom to score (a ``customer_id`` column); every customer the model knows
-            when None. Customers the model or the indexer does not know get no rows.
+        customers: Whom to score (a ``customer_id`` column). Customers the model or the
+            indexer does not know get no rows.
         exclude: (customer_id, product_id) pairs never to recommend, e.g. what was bought.
         cap: At most this many candidates beyond ``k`` per customer: a customer who bought
-            more of the catalogue than that can get fewer than ``k`` rows.
+            more of the catalogue than that can end up with fewer than ``k``.
 
     Returns:
-        ``customer_id, product_id, score, rank``.
+        ``user_idx``, ``customer_id``, ``recommendations`` (ALS's array of ``item_idx,
+        rating``, best first) and ``_seen`` (the excluded item indices; empty without
+        ``exclude``). The first ``k`` of ``recommendations`` are the top ``k`` without
+        exclusion.
     """
-    if customers is None:
-        users = model.userFactors.select(F.col("id").alias(USER))
-    else:
-        users = indexers.index_users(customers.select(S.CUSTOMER_ID).distinct()).select(USER)
+    users = indexers.index_users(customers.select(S.CUSTOMER_ID).distinct())
     depth: F.Column = F.lit(k)
     if exclude is not None:
         # Only products the model knows can be recommended, so only they need excluding.
@@ -294,10 +299,11 @@ def als_top_k(
             .groupBy(USER)
             .agg(F.collect_list(ITEM).alias(_SEEN))
         )
-        users = users.join(seen, USER, "left").withColumn(
-            _SEEN, F.coalesce(F.col(_SEEN), F.array().cast("array<int>"))
-        )
-        depth = depth + F.least(F.size(_SEEN), F.lit(cap))
+        users = users.join(seen, USER, "left")
+        depth = depth + F.least(F.coalesce(F.size(_SEEN), F.lit(0)), F.lit(cap))
+    else:
+        users = users.withColumn(_SEEN, F.lit(None))
+    users = users.withColumn(_SEEN, F.coalesce(F.col(_SEEN), F.array().cast("array<int>")))
     tiers = _depth_tiers(k, cap if exclude is not None else 0)
     tier = F.lit(tiers[-1])
     for t in reversed(tiers[:-1]):
@@ -308,19 +314,58 @@ def als_top_k(
         part = model.recommendForUserSubset(users.where(F.col(_TIER) == t).select(USER), t)
         recs = part if recs is None else recs.unionByName(part)
     assert recs is not None
+    return recs.join(users.select(USER, S.CUSTOMER_ID, _SEEN), USER)
+
+
+def top_k_from_lists(
+    lists: DataFrame, indexers: Indexers, *, k: int, exclude: bool = True
+) -> DataFrame:
+    """The ``k`` best of each :func:`candidate_lists` list, ranked 1..k with :func:`top_k`'s
+    window (score descending, product id on ties).
+
+    The excluded products are dropped and the list cut to ``k`` inside each customer's array
+    (no row per candidate); only the survivors are exploded and ranked.
+
+    Args:
+        exclude: Drop the list's ``_seen`` products (False: rank the plain top ``k``).
+
+    Returns:
+        ``customer_id, product_id, score, rank``.
+    """
     found = F.col("recommendations")
-    if exclude is not None:
-        recs = recs.join(users.select(USER, _SEEN), USER)
+    if exclude:
         found = F.filter(found, lambda r: ~F.array_contains(F.col(_SEEN), r[ITEM]))
-    # ALS lists a customer's candidates by rating, best first. Keep the k best plus any tied
-    # with the k-th, and let the window decide between ties (by product id).
-    kth = F.try_element_at(found, F.lit(k))["rating"]
-    best = F.filter(found, lambda r: F.coalesce(r["rating"] >= kth, F.lit(True)))
-    exploded = recs.select(USER, F.explode(best).alias("r")).select(
-        USER, F.col(f"r.{ITEM}").alias(ITEM), F.col("r.rating").cast("double").alias(S.SCORE_VALUE)
+    # ALS lists a customer's candidates by rating, best first. Keep the k best and a few
+    # more, so that the window decides between products tied with the k-th (by product id).
+    # (One pass over each array: a cut-off computed inside the lambda would be re-evaluated
+    # for every element.)
+    best = F.slice(found, 1, k + TIE_MARGIN)
+    exploded = lists.select(S.CUSTOMER_ID, F.explode(best).alias("r")).select(
+        S.CUSTOMER_ID,
+        F.col(f"r.{ITEM}").alias(ITEM),
+        F.col("r.rating").cast("double").alias(S.SCORE_VALUE),
     )
-    candidates = indexers.to_ids(exploded).select(S.CUSTOMER_ID, S.PRODUCT_ID, S.SCORE_VALUE)
+    candidates = indexers.item_ids(exploded).select(S.CUSTOMER_ID, S.PRODUCT_ID, S.SCORE_VALUE)
     return top_k(candidates, k=k)
+
+
+def als_top_k(
+    model: ALSModel,
+    indexers: Indexers,
+    *,
+    k: int,
+    customers: DataFrame,
+    exclude: DataFrame | None = None,
+    cap: int = MAX_EXTRA_CANDIDATES,
+) -> DataFrame:
+    """Each customer's ``k`` best-scored products, without the ``exclude``d ones, ranked 1..k:
+    :func:`candidate_lists` then :func:`top_k_from_lists` (same arguments).
+
+    Returns:
+        ``customer_id, product_id, score, rank``.
+    """
+    lists = candidate_lists(model, indexers, k=k, customers=customers, exclude=exclude, cap=cap)
+    return top_k_from_lists(lists, indexers, k=k, exclude=exclude is not None)
 
 
 def top_k(candidates: DataFrame, *, k: int, exclude: DataFrame | None = None) -> DataFrame:
@@ -577,7 +622,7 @@ def serve(
         ``customer_id, rank, product_id, score, source``, exactly k rows per customer.
     """
     indexers, als_model = unpack(model)
-    best = als_top_k(als_model, indexers, k=k, exclude=bought, cap=max_extra)
+    best = als_top_k(als_model, indexers, k=k, customers=customers, exclude=bought, cap=max_extra)
     return recommend_customers(
         customers, popular, k=k, als=best, bought=bought, max_extra=max_extra
     )
@@ -765,11 +810,19 @@ def _evaluate_point(
             blocks=blocks,
         ).fit(train)
         fit_seconds = time.monotonic() - started
-        recommended = {
-            ALL: als_top_k(model, indexers, k=k, customers=eval_customers),
-            NEW: als_top_k(model, indexers, k=k, customers=eval_customers, exclude=prior),
-        }
-        metrics = _metrics_by_mode(recommended, relevant, k=k, catalog_size=catalog_size)
+        # Persist: both modes rank the same lists (the first k of a list are the top k
+        # without exclusion).
+        lists = candidate_lists(
+            model, indexers, k=k, customers=eval_customers, exclude=prior
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            recommended = {
+                ALL: top_k_from_lists(lists, indexers, k=k, exclude=False),
+                NEW: top_k_from_lists(lists, indexers, k=k),
+            }
+            metrics = _metrics_by_mode(recommended, relevant, k=k, catalog_size=catalog_size)
+        finally:
+            lists.unpersist()
         mlflow.log_params({"rank": rank, "reg_param": reg_param, "alpha": alpha, "k": k})
         mlflow.log_metrics(
             {
@@ -863,17 +916,28 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
                 f"(eval_days = {cfg.eval_days}); ingest more history or shorten the window"
             )
         indexers = fit_indexers(history)
-        train = _persist(indexers.index(interactions(before)), kept)
+        # Above tune_max_customers, the grid is tuned and evaluated on a fixed sample of the
+        # customers (all their rows); the final model below is fitted on everyone.
+        sample = min(1.0, cfg.tune_max_customers / max(len(indexers.user.labels), 1))
+
+        def tuning(df: DataFrame) -> DataFrame:
+            return df if sample >= 1.0 else df.where(customer_share(settings.seed) < sample)
+
+        train = _persist(indexers.index(tuning(interactions(before))), kept)
         prior = _persist(purchased(before), kept)
+        prior_tuned = prior if sample >= 1.0 else _persist(tuning(prior), kept)
         window = purchased(transactions.where(F.col(S.EVENT_DATE) >= F.lit(cutoff)))
         # Evaluate the customers with history: a customer without any is the fallback's job.
         relevant_all = _persist(
-            window.join(prior.select(S.CUSTOMER_ID).distinct(), S.CUSTOMER_ID, "left_semi"), kept
+            tuning(window).join(
+                prior_tuned.select(S.CUSTOMER_ID).distinct(), S.CUSTOMER_ID, "left_semi"
+            ),
+            kept,
         )
         relevant = _with_mode(
             {
                 ALL: relevant_all,
-                NEW: relevant_all.join(prior, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti"),
+                NEW: relevant_all.join(prior_tuned, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti"),
             }
         )
         eval_customers = _persist(
@@ -915,6 +979,7 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
                     "tuned_mode": tuned_mode,
                     "max_extra_candidates": MAX_EXTRA_CANDIDATES,
                     "catalog_size": catalog_size,
+                    "tuning_sample": round(sample, 4),
                 }
             )
             tune_started = time.monotonic()
@@ -925,7 +990,7 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
                     indexers=indexers,
                     eval_customers=eval_customers,
                     relevant=relevant,
-                    prior=prior,
+                    prior=prior_tuned,
                     k=k,
                     catalog_size=catalog_size,
                     blocks=blocks,
@@ -939,7 +1004,7 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
             baseline = _metrics_by_mode(
                 {
                     ALL: recommend_customers(eval_customers, popular_then, k=k),
-                    NEW: recommend_customers(eval_customers, popular_then, k=k, bought=prior),
+                    NEW: recommend_customers(eval_customers, popular_then, k=k, bought=prior_tuned),
                 },
                 relevant,
                 k=k,
@@ -978,9 +1043,9 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
                 }
             )
             # A signature (customer, product → score): Unity Catalog's registry requires one.
-            sample = history.select(S.CUSTOMER_ID, S.PRODUCT_ID).limit(5)
+            example = history.select(S.CUSTOMER_ID, S.PRODUCT_ID).limit(5)
             signature = mlflow.models.infer_signature(
-                sample.toPandas(), model.transform(sample).select("prediction").toPandas()
+                example.toPandas(), model.transform(example).select("prediction").toPandas()
             )
             info = mlflow.spark.log_model(
                 model,
