@@ -21,14 +21,17 @@ its driver JVM (a separate process, the java child) is sampled every 0.5 s. Afte
   (rows in of ingest: the generated source lines; train reads the training and held-out rows of
   ``silver.customer_features``, score its scoring rows; report has neither).
 
-The history and the counts are read with a small Spark session of its own. Results are printed,
-appended to ``benchmarks/results.csv`` (one row per task) and ``docs/benchmarks.md`` is
-rewritten from the whole CSV. Not part of ``make test``. Run one benchmark at a time (on a shared
+The history and the counts are read with a small Spark session of its own. The run's model
+quality (the champion challenger's held-out ROC-AUC, the tuned mode's NDCG@k) is read from its
+MLflow store with plain sqlite3 and put on each of its rows, like the end-to-end seconds. Results
+are printed, appended to ``benchmarks/results.csv`` (one row per task) and ``docs/benchmarks.md``
+is rewritten from the whole CSV. Not part of ``make test``. Run one benchmark at a time (on a shared
 machine under its Spark lock): a second Spark job would distort the times.
 
 The run folder keeps ``run.log``, the event log, and ``bench.json`` + ``memory.csv`` (the
 outcome and the memory samples), so ``--from-run FOLDER`` can measure it again without
-re-running; ``--docs-only`` only rewrites the page from the CSV.
+re-running; ``--docs-only`` runs no Spark: it only brings the CSV up to date (see
+:func:`save_results`) and rewrites the page from it.
 """
 
 from __future__ import annotations
@@ -39,20 +42,47 @@ import json
 import os
 import platform
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results.csv"
 DOC = ROOT / "docs" / "benchmarks.md"
+DATE = "%Y-%m-%dT%H:%M:%SZ"  # a run's start in the CSV; also names its folder, to the second
+
+
+@dataclass(frozen=True)
+class Quality:
+    """A model-quality number of a run: a metric of the workflow's parent run in an experiment."""
+
+    experiment: str
+    run_name_prefix: str
+    metric: str
+    label: str
+
+
+QUALITY = {
+    "holdout_roc_auc": Quality(
+        "retailml-propensity",
+        "propensity ",
+        "challenger_holdout_roc_auc",
+        "held-out ROC-AUC of the champion challenger",
+    ),
+    "ndcg_at_k": Quality(
+        "retailml-recommendations", "recommend ", "tuned_ndcg_at_k", "NDCG@k of the tuned mode"
+    ),
+}
 COLUMNS = (
     "date",
     "size",
@@ -67,6 +97,7 @@ COLUMNS = (
     "python_peak_mb",
     "cores",
     "total_seconds",
+    *QUALITY,
 )
 SAMPLE_S = 0.5
 MB = 1024 * 1024
@@ -201,7 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="S")
     parser.add_argument(
-        "--docs-only", action="store_true", help="Only rewrite docs/benchmarks.md from the CSV."
+        "--docs-only",
+        action="store_true",
+        help="Only bring the CSV up to date and rewrite docs/benchmarks.md from it (no Spark).",
     )
     parser.add_argument(
         "--from-run",
@@ -211,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.docs_only:
+        save_results(RESULTS, [])
         write_docs(read_results(RESULTS), DOC)
         print(f"wrote {DOC.relative_to(ROOT)}")
         return 0
@@ -223,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = SIZES[args.size]
         data, lines = ensure_data(args.size, size)
         stamp = datetime.now(UTC)
-        folder = BENCH / "runs" / f"{args.size}-{stamp:%Y%m%d-%H%M%S}"
+        folder = run_folder(args.size, stamp)
         print(f"benchmark {args.size}: {lines:,} source lines in {data}; run folder {folder}")
         run = run_workflow(data, folder, size.settings, size=args.size, started=stamp)
     if run.returncode != 0:
@@ -235,9 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts[SOURCE_LINES] = lines
     shuffle = shuffle_by_task(folder / "events", run_id)
     results = per_task(attempts, counts, shuffle, run.samples)
-    rows = [result_row(r, run) for r in results]
-    print_results(results, run, shuffle.get(None, (0, 0)))
-    append_results(RESULTS, rows)
+    quality = read_quality(folder)
+    rows = [result_row(r, run, quality) for r in results]
+    print_results(results, run, shuffle.get(None, (0, 0)), quality)
+    save_results(RESULTS, rows)
     write_docs(read_results(RESULTS), DOC)
     print(f"appended {len(rows)} rows to {RESULTS.relative_to(ROOT)}; "
           f"wrote {DOC.relative_to(ROOT)}")  # fmt: skip
@@ -279,6 +314,11 @@ def _matches(marker: Path, wanted: dict[str, int]) -> bool:
 
 
 # --- the run and its memory -----------------------------------------------------------------
+
+
+def run_folder(size: str, started: datetime) -> Path:
+    """Where a run of ``size`` started at ``started`` keeps its tables, stores and logs."""
+    return BENCH / "runs" / f"{size}-{started:%Y%m%d-%H%M%S}"
 
 
 def run_workflow(
@@ -445,6 +485,40 @@ def _task_of(tags: str, run_id: str) -> str | None:
     return None
 
 
+def read_quality(folder: Path) -> dict[str, str]:
+    """The run's model quality per :data:`QUALITY` column, '' where its MLflow store lacks it.
+
+    Plain sqlite3, read-only: importing mlflow takes seconds, and ``--docs-only`` reads the
+    stores of earlier runs too.
+    """
+    db = folder / "mlflow" / "mlflow.db"
+    if not db.is_file():
+        return dict.fromkeys(QUALITY, "")
+    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+        return {column: _fmt(_parent_metric(con, q), 4) for column, q in QUALITY.items()}
+
+
+def _parent_metric(con: sqlite3.Connection, q: Quality) -> float | None:
+    """The metric of the latest parent run (no ``mlflow.parentRunId`` tag) named with the prefix:
+    the parent holds the stage's summary, its children the candidates it tried."""
+    row = con.execute(
+        """
+        SELECT m.value, m.is_nan
+        FROM runs r
+        JOIN experiments e ON e.experiment_id = r.experiment_id
+        JOIN latest_metrics m ON m.run_uuid = r.run_uuid AND m.key = ?
+        WHERE e.name = ? AND r.name LIKE ? AND r.lifecycle_stage = 'active'
+          AND NOT EXISTS (
+            SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId'
+          )
+        ORDER BY r.start_time DESC
+        LIMIT 1
+        """,
+        (q.metric, q.experiment, f"{q.run_name_prefix}%"),
+    ).fetchone()
+    return None if row is None or row[1] else float(row[0])
+
+
 def per_task(
     attempts: Sequence,
     counts: dict[str, int],
@@ -479,10 +553,10 @@ def per_task(
     return list(results.values())
 
 
-def result_row(r: TaskResult, run: Run) -> dict:
-    """The CSV row of one task."""
+def result_row(r: TaskResult, run: Run, quality: dict[str, str]) -> dict:
+    """The CSV row of one task; the run's model quality goes on every row, as its total does."""
     return {
-        "date": f"{run.started:%Y-%m-%dT%H:%M:%SZ}",
+        "date": run.started.strftime(DATE),
         "size": run.size,
         "git_commit": run.commit,
         "task": r.task,
@@ -495,10 +569,13 @@ def result_row(r: TaskResult, run: Run) -> dict:
         "python_peak_mb": _fmt(r.python_peak / MB if r.python_peak is not None else None, 0),
         "cores": os.cpu_count() or "",
         "total_seconds": _fmt(run.seconds, 0),
+        **quality,
     }
 
 
-def print_results(results: Sequence[TaskResult], run: Run, untagged: tuple[int, int]) -> None:
+def print_results(
+    results: Sequence[TaskResult], run: Run, untagged: tuple[int, int], quality: dict[str, str]
+) -> None:
     header = ("task", "status", "seconds", "rows in", "rows out", "shuffle read MB",
               "shuffle write MB", "JVM peak MB", "Python peak MB")  # fmt: skip
     rows = [header] + [
@@ -523,29 +600,58 @@ def print_results(results: Sequence[TaskResult], run: Run, untagged: tuple[int, 
     print(f"end to end {run.seconds:.0f} s (JVM start and summary included); peaks over the "
           f"whole run: JVM {jvm:,.0f} MB, Python {python:,.0f} MB; shuffle outside the tasks' "
           f"jobs: read {untagged[0] / MB:.1f} MB, write {untagged[1] / MB:.1f} MB")  # fmt: skip
+    print(
+        "model quality: " + "; ".join(f"{q.label} {quality[c] or '-'}" for c, q in QUALITY.items())
+    )
 
 
 # --- the CSV and the page -------------------------------------------------------------------
 
 
-def append_results(path: Path, rows: Sequence[dict]) -> None:
-    new = not path.is_file() or path.stat().st_size == 0
-    with path.open("a", newline="") as out:
+def save_results(path: Path, new: Sequence[dict]) -> None:
+    """Rewrite the CSV with the current columns: its rows, then ``new``.
+
+    Rewriting rather than appending migrates a file with an older header, and fills in the
+    model quality of runs recorded without it (before the quality columns, or by an older
+    bench.py) from their run folders while those are still there. Written to a temporary file
+    first, so a failure cannot truncate the only record of earlier runs.
+    """
+    rows = backfill_quality(read_results(path))
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+        writer.writeheader()
+        writer.writerows([*rows, *new])
+    temporary.replace(path)
+
+
+def backfill_quality(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Fill the model quality of rows that have none from their run's folder, found by size and
+    start (the row's date); rows whose folder is gone keep empty cells."""
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        if any(r[c] for c in QUALITY):
+            continue
+        key = (r["size"], r["date"])
+        if key not in found:
+            folder = run_folder(r["size"], datetime.strptime(r["date"], DATE))
+            found[key] = read_quality(folder)
+        r.update(found[key])
+    return rows
 
 
 def read_results(path: Path) -> list[dict[str, str]]:
+    """The CSV's rows with every current column: '' for cells a row lacks (rows written under an
+    older header, or appended by an older bench.py with fewer columns)."""
     if not path.is_file():
         return []
     with path.open(newline="") as rows:
-        return list(csv.DictReader(rows))
+        return [{c: r.get(c) or "" for c in COLUMNS} for r in csv.DictReader(rows)]
 
 
 def write_docs(rows: Sequence[dict[str, str]], path: Path) -> None:
-    """Rewrite the benchmarks page: the machine, then per size the latest run of each task."""
+    """Rewrite the benchmarks page: the machine, per size the latest run of each task and its
+    model quality, then how time scales across the sizes."""
     out = [
         "# Benchmarks",
         "",
@@ -568,6 +674,9 @@ def write_docs(rows: Sequence[dict[str, str]], path: Path) -> None:
         "memory (RSS) of the driver JVM and of the retailml Python process sampled every "
         "0.5 s during the task (the JVM's heap seldom shrinks, so its peak carries over into "
         "later tasks). Total is the end-to-end time of the command, JVM start included. "
+        "Model quality comes from the run's MLflow store: the held-out ROC-AUC of the "
+        "challenger the train task picked (metric `challenger_holdout_roc_auc`) and the "
+        "NDCG@k of the mode the recommend task tuned on (`tuned_ndcg_at_k`). "
         "Run one benchmark at a time on a machine; the run folders can be deleted afterwards.",
         "",
         "| size | customers | products | days | source lines |",
@@ -582,22 +691,19 @@ def write_docs(rows: Sequence[dict[str, str]], path: Path) -> None:
         runs = [r for r in rows if r["size"] == name]
         if runs:
             out += _size_section(name, runs)
+    out += _scaling_section(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(out).rstrip() + "\n")
 
 
 def _size_section(name: str, rows: Sequence[dict[str, str]]) -> list[str]:
-    latest_date = max(r["date"] for r in rows)
-    latest = [r for r in rows if r["date"] == latest_date]
-    commit = latest[0]["git_commit"]
-    earlier = [r for r in rows if r["git_commit"] != commit]
-    before: dict[str, str] = {}
-    before_commit = ""
-    if earlier:
-        before_date = max(r["date"] for r in earlier)
-        before_rows = [r for r in earlier if r["date"] == before_date]
-        before_commit = before_rows[0]["git_commit"]
-        before = {r["task"]: r["seconds"] for r in before_rows}
+    """The size's latest run per task, beside the latest run of the commit before when there is
+    one, and the model quality of the runs shown."""
+    latest = _latest_run(rows)
+    latest_date, commit = latest[0]["date"], latest[0]["git_commit"]
+    before_rows = _latest_run([r for r in rows if r["git_commit"] != commit])
+    before = {r["task"]: r["seconds"] for r in before_rows}
+    before_commit = before_rows[0]["git_commit"] if before_rows else ""
     seconds = (
         [f"seconds before ({before_commit})", f"seconds after ({commit})"]
         if before
@@ -610,6 +716,8 @@ def _size_section(name: str, rows: Sequence[dict[str, str]]) -> list[str]:
         "",
         f"Run of {latest_date} at commit `{commit}` on {latest[0]['cores']} cores: "
         f"{float(latest[0]['total_seconds']):.0f} s end to end.",
+        "",
+        _quality_line(latest[0], before_rows[0] if before_rows else None),
         "",
         "| " + " | ".join(header) + " |",
         "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
@@ -631,16 +739,82 @@ def _size_section(name: str, rows: Sequence[dict[str, str]]) -> list[str]:
     return [*lines, ""]
 
 
+def _quality_line(after: dict[str, str], before: dict[str, str] | None) -> str:
+    """The model quality of the shown runs, so that a speed-up which costs accuracy shows:
+    ``before → after (after − before)`` when the section compares two commits."""
+    parts = []
+    for column, q in QUALITY.items():
+        new = after[column]
+        if before is None:
+            parts.append(f"{q.label} {new or '-'}")
+            continue
+        old = before[column]
+        change = f" ({float(new) - float(old):+.4f})" if old and new else ""
+        parts.append(f"{q.label} {old or '-'} → {new or '-'}{change}")
+    heading = "Model quality" if before is None else "Model quality, before → after"
+    return f"{heading}: " + "; ".join(parts) + "."
+
+
+def _scaling_section(rows: Sequence[dict[str, str]]) -> list[str]:
+    """Time against data for the latest run of each size that has one, and each size against the
+    one below it: a time ratio near the lines ratio means the workflow scales linearly."""
+    latest = {
+        name: run for name in SIZES if (run := _latest_run([r for r in rows if r["size"] == name]))
+    }
+    if not latest:
+        return []
+    seconds = {name: float(run[0]["total_seconds"]) for name, run in latest.items()}
+    source = {name: _source_lines(run) for name, run in latest.items()}
+    out = [
+        "## Scaling",
+        "",
+        "The latest run of each size (their commits may differ). The driver JVM peak is the "
+        "highest of the run's tasks.",
+        "",
+        "| size | commit | source lines | total seconds | seconds per million lines | "
+        "driver JVM peak MB |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, run in latest.items():
+        lines = source[name]
+        per_million = f"{seconds[name] / lines * 1e6:.1f}" if lines else "-"
+        jvm = max((r["jvm_peak_mb"] for r in run if r["jvm_peak_mb"]), key=int, default="-")
+        out.append(f"| {name} | `{run[0]['git_commit']}` | {_count(lines)} | "
+                   f"{seconds[name]:.0f} | {per_million} | {jvm} |")  # fmt: skip
+    pairs = [(small, big) for small, big in pairwise(SIZES) if small in latest and big in latest]
+    if pairs:
+        out += ["", "| sizes | time ratio | data ratio (lines) |", "| --- | ---: | ---: |"]
+    for small, big in pairs:
+        small_lines, big_lines = source[small], source[big]
+        data_ratio = f"{big_lines / small_lines:.2f}" if small_lines and big_lines else "-"
+        out.append(f"| {big}/{small} | {seconds[big] / seconds[small]:.2f} | {data_ratio} |")
+    return [*out, ""]
+
+
+def _latest_run(rows: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows of the latest run among ``rows`` (a run is known by its start date); [] if none."""
+    if not rows:
+        return []
+    date = max(r["date"] for r in rows)
+    return [r for r in rows if r["date"] == date]
+
+
+def _source_lines(run: Sequence[dict[str, str]]) -> int | None:
+    """A run's source lines: the rows in of its ingest task."""
+    return next((int(r["rows_in"]) for r in run if r["task"] == "ingest" and r["rows_in"]), None)
+
+
 def _lines_of(name: str, rows: Sequence[dict[str, str]]) -> str:
     """The source lines of the size's latest run, else what the generator is expected to give."""
-    ingest = [r for r in rows if r["size"] == name and r["task"] == "ingest" and r["rows_in"]]
-    if ingest:
-        return f"{int(max(ingest, key=lambda r: r['date'])['rows_in']):,}"
-    return f"{SIZES[name].expected_lines} (expected)"
+    source = _source_lines(_latest_run([r for r in rows if r["size"] == name]))
+    return f"{source:,}" if source else f"{SIZES[name].expected_lines} (expected)"
 
 
 def machine() -> list[str]:
-    """CPU model, cores, RAM, OS, Java, Python and Spark versions of this machine."""
+    """CPU model, cores, RAM, OS, Java, Python and Spark versions of this machine, and the Spark
+    settings of the runs."""
+    from retailml.settings import SparkSettings
+
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     cpu = next(
         (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
@@ -661,12 +835,14 @@ def machine() -> list[str]:
         spark = f"PySpark {pyspark.__version__}"
     except ImportError:
         spark = "PySpark not installed"
+    default_memory = SparkSettings().driver_memory
     return [
         f"{cpu}, {os.cpu_count()} cores, {ram}",
         f"{platform.system()} {platform.release()}",
         java,
         f"Python {platform.python_version()}, {spark}",
-        "Spark local[*] with the default settings (driver memory 4g; L: 12g)",
+        f"Spark local[*] with the default settings (driver memory {default_memory})"
+        + "".join(f"; {name}: {', '.join(s.settings)}" for name, s in SIZES.items() if s.settings),
     ]
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import _event_files, _task_of  # noqa: E402
+from bench import _event_files, _task_of
 
 MB = 1024 * 1024
 

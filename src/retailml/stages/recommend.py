@@ -258,37 +258,44 @@ def _depth_tiers(k: int, cap: int) -> list[int]:
     return tiers
 
 
-def candidate_lists(
-    model: ALSModel,
+@dataclass(frozen=True)
+class Audience:
+    """Whom to score and how deep: does not depend on the ALS model, so a grid computes (and
+    persists) it once and scores every grid point's model against it.
+
+    Attributes:
+        frame: ``user_idx, customer_id, _seen`` (the excluded item indices, empty when nothing
+            is excluded) and ``_tier`` (the list depth the customer needs).
+        tiers: The depths in use, shallowest first.
+    """
+
+    frame: DataFrame
+    tiers: tuple[int, ...]
+
+
+def audience(
     indexers: Indexers,
+    customers: DataFrame,
     *,
     k: int,
-    customers: DataFrame,
     exclude: DataFrame | None = None,
     cap: int = MAX_EXTRA_CANDIDATES,
-) -> DataFrame:
-    """Each customer's ALS candidates, deep enough that ``k`` survive dropping ``exclude``.
+) -> Audience:
+    """The customers to score, with what to exclude and the depth each needs.
 
-    A customer who bought ``b`` of the model's products needs the top ``k + b`` to keep ``k``
+    A customer who bought ``b`` of the model's products needs ALS's top ``k + b`` to keep ``k``
     after the exclusion. Rather than asking ALS for the deepest list anyone needs for everyone,
     customers are grouped by the depth they need (``k``, ``4k``, ``16k``, ... up to
     ``k + cap``; see :func:`_depth_tiers`) and each group gets its own depth.
 
     Args:
-        model: A fitted ALS model on the ``indexers``' indices.
         indexers: Map customers and products to the model's indices.
+        customers: Whom to score (a ``customer_id`` column). Customers the indexer does not
+            know get no rows.
         k: Recommendations per customer.
-        customers: Whom to score (a ``customer_id`` column). Customers the model or the
-            indexer does not know get no rows.
         exclude: (customer_id, product_id) pairs never to recommend, e.g. what was bought.
         cap: At most this many candidates beyond ``k`` per customer: a customer who bought
             more of the catalogue than that can end up with fewer than ``k``.
-
-    Returns:
-        ``user_idx``, ``customer_id``, ``recommendations`` (ALS's array of ``item_idx,
-        rating``, best first) and ``_seen`` (the excluded item indices; empty without
-        ``exclude``). The first ``k`` of ``recommendations`` are the top ``k`` without
-        exclusion.
     """
     users = indexers.index_users(customers.select(S.CUSTOMER_ID).distinct())
     depth: F.Column = F.lit(k)
@@ -303,18 +310,34 @@ def candidate_lists(
         depth = depth + F.least(F.coalesce(F.size(_SEEN), F.lit(0)), F.lit(cap))
     else:
         users = users.withColumn(_SEEN, F.lit(None))
-    users = users.withColumn(_SEEN, F.coalesce(F.col(_SEEN), F.array().cast("array<int>")))
     tiers = _depth_tiers(k, cap if exclude is not None else 0)
     tier = F.lit(tiers[-1])
     for t in reversed(tiers[:-1]):
         tier = F.when(depth <= t, F.lit(t)).otherwise(tier)
-    users = users.withColumn(_TIER, tier)
+    frame = users.select(
+        USER,
+        S.CUSTOMER_ID,
+        F.coalesce(F.col(_SEEN), F.array().cast("array<int>")).alias(_SEEN),
+        tier.alias(_TIER),
+    )
+    return Audience(frame, tuple(tiers))
+
+
+def candidate_lists(model: ALSModel, who: Audience) -> DataFrame:
+    """Each customer's ALS candidates, as deep as their tier (one ``recommendForUserSubset``
+    per tier).
+
+    Returns:
+        ``user_idx``, ``customer_id``, ``recommendations`` (ALS's array of ``item_idx,
+        rating``, best first) and ``_seen``. The first ``k`` of ``recommendations`` are the
+        top ``k`` without exclusion.
+    """
     recs = None
-    for t in tiers:
-        part = model.recommendForUserSubset(users.where(F.col(_TIER) == t).select(USER), t)
+    for t in who.tiers:
+        part = model.recommendForUserSubset(who.frame.where(F.col(_TIER) == t).select(USER), t)
         recs = part if recs is None else recs.unionByName(part)
     assert recs is not None
-    return recs.join(users.select(USER, S.CUSTOMER_ID, _SEEN), USER)
+    return recs.join(who.frame.select(USER, S.CUSTOMER_ID, _SEEN), USER)
 
 
 def top_k_from_lists(
@@ -359,12 +382,14 @@ def als_top_k(
     cap: int = MAX_EXTRA_CANDIDATES,
 ) -> DataFrame:
     """Each customer's ``k`` best-scored products, without the ``exclude``d ones, ranked 1..k:
-    :func:`candidate_lists` then :func:`top_k_from_lists` (same arguments).
+    :func:`audience`, :func:`candidate_lists`, then :func:`top_k_from_lists` (arguments as
+    for :func:`audience`).
 
     Returns:
         ``customer_id, product_id, score, rank``.
     """
-    lists = candidate_lists(model, indexers, k=k, customers=customers, exclude=exclude, cap=cap)
+    who = audience(indexers, customers, k=k, exclude=exclude, cap=cap)
+    lists = candidate_lists(model, who)
     return top_k_from_lists(lists, indexers, k=k, exclude=exclude is not None)
 
 
@@ -789,9 +814,8 @@ def _evaluate_point(
     train: DataFrame,
     *,
     indexers: Indexers,
-    eval_customers: DataFrame,
+    who: Audience,
     relevant: DataFrame,
-    prior: DataFrame,
     k: int,
     catalog_size: int,
     blocks: int,
@@ -812,9 +836,7 @@ def _evaluate_point(
         fit_seconds = time.monotonic() - started
         # Persist: both modes rank the same lists (the first k of a list are the top k
         # without exclusion).
-        lists = candidate_lists(
-            model, indexers, k=k, customers=eval_customers, exclude=prior
-        ).persist(StorageLevel.MEMORY_AND_DISK)
+        lists = candidate_lists(model, who).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             recommended = {
                 ALL: top_k_from_lists(lists, indexers, k=k, exclude=False),
@@ -934,16 +956,22 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
             ),
             kept,
         )
-        relevant = _with_mode(
-            {
-                ALL: relevant_all,
-                NEW: relevant_all.join(prior_tuned, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti"),
-            }
+        # Persisted once: every grid point is measured against them.
+        relevant = _persist(
+            _with_mode(
+                {
+                    ALL: relevant_all,
+                    NEW: relevant_all.join(prior_tuned, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti"),
+                }
+            ),
+            kept,
         )
         eval_customers = _persist(
             relevant_all.select(S.CUSTOMER_ID).distinct().join(customers, S.CUSTOMER_ID, "left"),
             kept,
         )
+        who = audience(indexers, eval_customers, k=k, exclude=prior_tuned)
+        who = dataclasses.replace(who, frame=_persist(who.frame, kept))
         # One pass for the bounded facts of the evaluation.
         repeat = (
             window.join(prior.withColumn("_seen", F.lit(1)), [S.CUSTOMER_ID, S.PRODUCT_ID], "left")
@@ -988,9 +1016,8 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
                     params,
                     train,
                     indexers=indexers,
-                    eval_customers=eval_customers,
+                    who=who,
                     relevant=relevant,
-                    prior=prior_tuned,
                     k=k,
                     catalog_size=catalog_size,
                     blocks=blocks,
