@@ -631,6 +631,7 @@ def serve(
     k: int,
     bought: DataFrame | None,
     max_extra: int = MAX_EXTRA_CANDIDATES,
+    keep: list[DataFrame] | None = None,
 ) -> DataFrame:
     """Top-k per customer from a registered model (indexers + ALS) with the popularity fill.
 
@@ -642,12 +643,17 @@ def serve(
         k: Recommendations per customer.
         bought: Pairs to exclude, or None to allow recommending what was bought.
         max_extra: Cap on the extra ALS candidates asked for to survive the exclusion.
+        keep: When given, the ALS rows and ``popular`` are persisted and added to it (the fill
+            reads each several times; without it, each read recomputes them); the caller
+            unpersists them after its action.
 
     Returns:
         ``customer_id, rank, product_id, score, source``, exactly k rows per customer.
     """
     indexers, als_model = unpack(model)
     best = als_top_k(als_model, indexers, k=k, customers=customers, exclude=bought, cap=max_extra)
+    if keep is not None:
+        best, popular = _persist(best, keep), _persist(popular, keep)
     return recommend_customers(
         customers, popular, k=k, als=best, bought=bought, max_extra=max_extra
     )
@@ -1104,7 +1110,9 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
             popular_now = popularity(
                 transactions, end=as_of, days=cfg.popular_days, min_country_products=k
             )
-            recommendations = serve(serving, customers, popular_now, k=k, bought=bought_all)
+            recommendations = serve(
+                serving, customers, popular_now, k=k, bought=bought_all, keep=kept
+            )
             lake.replace_where(
                 "gold.recommendations",
                 gold_rows(recommendations, products, as_of=as_of, model_version=served_version),
