@@ -135,7 +135,7 @@ SIZES = {
         customers=1_000_000,
         products=5_000,
         days=240,
-        expected_lines="about 33.7M",
+        expected_lines="33,814,158",
         settings=("spark.driver_memory=10g", "spark.shuffle_partitions=16"),
     ),
 }
