@@ -691,6 +691,14 @@ def write_docs(rows: Sequence[dict[str, str]], path: Path) -> None:
         runs = [r for r in rows if r["size"] == name]
         if runs:
             out += _size_section(name, runs)
+        else:
+            out += [
+                f"## {name}",
+                "",
+                "No complete run recorded (a run that fails or is stopped appends nothing); "
+                "see the README's *Performance and scale* for what is known.",
+                "",
+            ]
     out += _scaling_section(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(out).rstrip() + "\n")

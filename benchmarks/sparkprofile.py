@@ -58,6 +58,8 @@ def read(folder: Path) -> tuple[str, dict[int, Job], dict[int, Stage]]:
     for path in _event_files(folder / "events"):
         with path.open() as lines:
             for line in lines:
+                if not line.endswith("\n"):
+                    break  # the last line of a log that is still being written
                 head = line[:60]
                 if '"SparkListenerJobStart"' in head:
                     e = json.loads(line)
