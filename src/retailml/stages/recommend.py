@@ -946,7 +946,9 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
         indexers = fit_indexers(history)
         # Above tune_max_customers, the grid is tuned and evaluated on a fixed sample of the
         # customers (all their rows); the final model below is fitted on everyone.
-        sample = min(1.0, cfg.tune_max_customers / max(len(indexers.user.labels), 1))
+        # A count in Spark: the indexer's labels would bring every customer id to the driver.
+        buyers = history.select(S.CUSTOMER_ID).distinct().count()
+        sample = min(1.0, cfg.tune_max_customers / max(buyers, 1))
 
         def tuning(df: DataFrame) -> DataFrame:
             return df if sample >= 1.0 else df.where(customer_share(settings.seed) < sample)
