@@ -23,13 +23,13 @@ mode describes the business. The popularity baseline is measured the same way. T
 (``ranks × reg_params × alphas``) is tuned on NDCG@k of the mode that matches
 ``exclude_purchased``.
 
-**Candidates** (:func:`candidate_lists`, :func:`top_k_from_lists`). A customer who bought
-``b`` products needs ALS's top ``k + b`` (``b`` capped at :data:`MAX_EXTRA_CANDIDATES`) for
-``k`` to survive excluding them. Customers are grouped by that depth into tiers (``k``,
-``4k``, ``16k``, ...), so a customer with a short history does not pay for the longest one;
-the bought products are dropped and the list cut to ``k`` inside each customer's candidate
-array, and only those rows are exploded and ranked with ``row_number`` over a window per
-customer (score descending, product id on ties). No per-customer data reaches the driver.
+**Candidates** (:func:`scored_candidates`, :func:`top_k_from_candidates`). Each customer's
+factors are scored against the whole catalogue in a Python worker (NumPy matrix products on
+chunks of customers; the product factors, one row per product, travel with the function), the
+excluded products are set to ``-inf`` and the ``k`` best (and a few more for ties) are kept
+with ``argpartition``: exact, without a shuffle, and as cheap for a customer who bought 300
+products as for one who bought 1. Only those rows are ranked with ``row_number`` over a window
+per customer (score descending, product id on ties). No per-customer data reaches the driver.
 
 **Fallback** (:func:`recommend_customers`). Every customer gets exactly ``k`` rows: first the
 customer's ALS recommendations, then the popularity ranking (distinct buyers in the last
@@ -59,11 +59,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import mlflow
 import mlflow.spark
+import numpy as np
+import pandas as pd
 from mlflow.tracking import MlflowClient
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
@@ -71,6 +74,7 @@ from pyspark.ml.feature import IndexToString, StringIndexer, StringIndexerModel
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from retailml import schemas as S
 from retailml.errors import InputError, RetailmlError
@@ -112,6 +116,8 @@ METRIC_PREFIX = {ALS_MODEL: "als", POPULAR_MODEL: "pop"}
 MAX_EXTRA_CANDIDATES = 200
 # Candidates beyond the k-th that are ranked too, in case they tie with it.
 TIE_MARGIN = 5
+# Customers scored per matrix product (× 5,000 products × 8 bytes = 40 MB of scores).
+SCORE_CHUNK_ROWS = 1024
 
 _BOUGHT_UNITS = "_bought_units"
 _ORDER = "_order"
@@ -123,7 +129,7 @@ _LIST_COUNTRY = "_list_country"
 _TIE = "_tie"
 _MODE = "_mode"
 _SEEN = "_seen"
-_TIER = "_tier"
+_MASKED = "_masked"
 
 
 # --- pure transformations ------------------------------------------------------------------
@@ -199,7 +205,7 @@ class Indexers:
 
         Only for products: ``IndexToString`` sends its labels from Python to the JVM one call
         per label, which is fine for a catalogue but not for a million customers (customer ids
-        are carried along instead; see :func:`candidate_lists`).
+        are carried along instead; see :func:`scored_candidates`).
         """
         items = IndexToString(inputCol=ITEM, outputCol=S.PRODUCT_ID, labels=self.item.labels)
         return items.transform(df).drop(ITEM)
@@ -249,127 +255,175 @@ def als_estimator(
     return als
 
 
-def _depth_tiers(k: int, cap: int) -> list[int]:
-    """The candidate depths ALS is asked for: k, 4k, 16k, ... up to k + cap."""
-    tiers, depth = [k], k
-    while depth < k + cap:
-        depth = min(depth * 4, k + cap)
-        tiers.append(depth)
-    return tiers
-
-
 @dataclass(frozen=True)
-class Audience:
-    """Whom to score and how deep: does not depend on the ALS model, so a grid computes (and
-    persists) it once and scores every grid point's model against it.
+class ItemFactors:
+    """The ALS model's product factors on the driver, for scoring customers in Python workers.
+
+    The catalogue's factors (products × rank floats: 5,000 × 30 is 1.2 MB in float64) travel
+    with the scoring function to every task; the customers' factors stay distributed.
 
     Attributes:
-        frame: ``user_idx, customer_id, _seen`` (the excluded item indices, empty when nothing
-            is excluded) and ``_tier`` (the list depth the customer needs).
-        tiers: The depths in use, shallowest first.
+        ids: The products' ``item_idx`` values, in the order of ``matrix``'s rows.
+        matrix: ``len(ids) × rank`` float64 factors.
     """
 
-    frame: DataFrame
-    tiers: tuple[int, ...]
+    ids: np.ndarray
+    matrix: np.ndarray
+
+    @classmethod
+    def of(cls, model: ALSModel) -> ItemFactors:
+        # Bounded by the catalogue, not by the customers.
+        rows = model.itemFactors.orderBy("id").collect()
+        ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
+        matrix = np.array([r["features"] for r in rows], dtype=np.float64).reshape(
+            len(rows), model.rank
+        )
+        return cls(ids, matrix)
 
 
 def audience(
-    indexers: Indexers,
-    customers: DataFrame,
-    *,
-    k: int,
-    exclude: DataFrame | None = None,
-    cap: int = MAX_EXTRA_CANDIDATES,
-) -> Audience:
-    """The customers to score, with what to exclude and the depth each needs.
+    indexers: Indexers, customers: DataFrame, *, exclude: DataFrame | None = None
+) -> DataFrame:
+    """The customers to score, each with the products never to recommend to them.
 
-    A customer who bought ``b`` of the model's products needs ALS's top ``k + b`` to keep ``k``
-    after the exclusion. Rather than asking ALS for the deepest list anyone needs for everyone,
-    customers are grouped by the depth they need (``k``, ``4k``, ``16k``, ... up to
-    ``k + cap``; see :func:`_depth_tiers`) and each group gets its own depth.
+    Does not depend on the ALS model, so a grid computes (and persists) it once and scores
+    every grid point's model against it.
 
     Args:
         indexers: Map customers and products to the model's indices.
         customers: Whom to score (a ``customer_id`` column). Customers the indexer does not
             know get no rows.
-        k: Recommendations per customer.
         exclude: (customer_id, product_id) pairs never to recommend, e.g. what was bought.
-        cap: At most this many candidates beyond ``k`` per customer: a customer who bought
-            more of the catalogue than that can end up with fewer than ``k``.
-    """
-    users = indexers.index_users(customers.select(S.CUSTOMER_ID).distinct())
-    depth: F.Column = F.lit(k)
-    if exclude is not None:
-        # Only products the model knows can be recommended, so only they need excluding.
-        seen = (
-            indexers.index(exclude.select(S.CUSTOMER_ID, S.PRODUCT_ID).distinct())
-            .groupBy(USER)
-            .agg(F.collect_list(ITEM).alias(_SEEN))
-        )
-        users = users.join(seen, USER, "left")
-        depth = depth + F.least(F.coalesce(F.size(_SEEN), F.lit(0)), F.lit(cap))
-    else:
-        users = users.withColumn(_SEEN, F.lit(None))
-    tiers = _depth_tiers(k, cap if exclude is not None else 0)
-    tier = F.lit(tiers[-1])
-    for t in reversed(tiers[:-1]):
-        tier = F.when(depth <= t, F.lit(t)).otherwise(tier)
-    frame = users.select(
-        USER,
-        S.CUSTOMER_ID,
-        F.coalesce(F.col(_SEEN), F.array().cast("array<int>")).alias(_SEEN),
-        tier.alias(_TIER),
-    )
-    return Audience(frame, tuple(tiers))
-
-
-def candidate_lists(model: ALSModel, who: Audience) -> DataFrame:
-    """Each customer's ALS candidates, as deep as their tier (one ``recommendForUserSubset``
-    per tier).
 
     Returns:
-        ``user_idx``, ``customer_id``, ``recommendations`` (ALS's array of ``item_idx,
-        rating``, best first) and ``_seen``. The first ``k`` of ``recommendations`` are the
-        top ``k`` without exclusion.
+        ``user_idx, customer_id, _seen`` (the excluded ``item_idx`` values; empty when nothing
+        is excluded).
     """
-    recs = None
-    for t in who.tiers:
-        part = model.recommendForUserSubset(who.frame.where(F.col(_TIER) == t).select(USER), t)
-        recs = part if recs is None else recs.unionByName(part)
-    assert recs is not None
-    return recs.join(who.frame.select(USER, S.CUSTOMER_ID, _SEEN), USER)
+    users = indexers.index_users(customers.select(S.CUSTOMER_ID).distinct())
+    if exclude is None:
+        return users.select(USER, S.CUSTOMER_ID, F.array().cast("array<int>").alias(_SEEN))
+    # Only products the model knows can be recommended, so only they need excluding.
+    seen = (
+        indexers.index(exclude.select(S.CUSTOMER_ID, S.PRODUCT_ID).distinct())
+        .groupBy(USER)
+        .agg(F.collect_list(F.col(ITEM).cast("int")).alias(_SEEN))
+    )
+    return users.join(seen, USER, "left").select(
+        USER, S.CUSTOMER_ID, F.coalesce(F.col(_SEEN), F.array().cast("array<int>")).alias(_SEEN)
+    )
 
 
-def top_k_from_lists(
-    lists: DataFrame, indexers: Indexers, *, k: int, exclude: bool = True
+def _top_positions(scores: np.ndarray, depth: int) -> np.ndarray:
+    """Column positions of each row's ``depth`` highest scores (in no particular order)."""
+    if depth >= scores.shape[1]:
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+
+
+def _scorer(
+    items: ItemFactors, *, depth: int, masked: tuple[bool, ...]
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The ``mapInPandas`` function behind :func:`scored_candidates`."""
+    position = np.full(int(items.ids.max(initial=-1)) + 1, -1, dtype=np.int64)
+    position[items.ids] = np.arange(len(items.ids))
+    item_t = np.ascontiguousarray(items.matrix.T)
+
+    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            for start in range(0, len(batch), SCORE_CHUNK_ROWS):  # no rows: no chunk
+                part = batch.iloc[start : start + SCORE_CHUNK_ROWS]
+                users = np.stack(part["features"].to_numpy()).astype(np.float64)
+                scores = users @ item_t  # customers × products
+                for mask in masked:
+                    if mask:
+                        # In place: the unmasked rows, if asked for, were taken already.
+                        seen = part[_SEEN].to_numpy()
+                        lengths = np.fromiter(map(len, seen), dtype=np.int64, count=len(seen))
+                        if lengths.sum():
+                            rows = np.repeat(np.arange(len(seen)), lengths)
+                            flat = np.concatenate(seen).astype(np.int64)
+                            known = flat < len(position)
+                            cols = np.full(len(flat), -1, dtype=np.int64)
+                            cols[known] = position[flat[known]]
+                            hit = cols >= 0  # products the model has factors for
+                            scores[rows[hit], cols[hit]] = -np.inf
+                    top = _top_positions(scores, depth)
+                    best = np.take_along_axis(scores, top, axis=1)
+                    keep = np.isfinite(best).ravel()
+                    yield pd.DataFrame(
+                        {
+                            S.CUSTOMER_ID: np.repeat(part[S.CUSTOMER_ID].to_numpy(), top.shape[1])[
+                                keep
+                            ],
+                            _MASKED: mask,
+                            ITEM: items.ids[top.ravel()[keep]].astype(np.int32),
+                            # ALS's own precision (float32), so equal scores tie as in ALS.
+                            S.SCORE_VALUE: best.ravel()[keep].astype(np.float32),
+                        }
+                    )
+
+    return score
+
+
+def scored_candidates(
+    model: ALSModel, who: DataFrame, *, depth: int, masked: tuple[bool, ...] = (True,)
 ) -> DataFrame:
-    """The ``k`` best of each :func:`candidate_lists` list, ranked 1..k with :func:`top_k`'s
-    window (score descending, product id on ties).
+    """Each customer's ``depth`` best-scored products, by exact scoring against the whole
+    catalogue.
 
-    The excluded products are dropped and the list cut to ``k`` inside each customer's array
-    (no row per candidate); only the survivors are exploded and ranked.
+    Every customer's factors are multiplied with all product factors in a Python worker
+    (NumPy: one matrix product per chunk of customers, so BLAS does the work), the excluded
+    products get ``-inf``, and ``argpartition`` keeps the ``depth`` best — without a shuffle,
+    whatever a customer bought. ALS's own ``recommendForUserSubset`` is a blocked cross join
+    that emits every customer's top ``n`` per block of products and shuffles them into a top-n
+    aggregator, and it cannot exclude, so it must be asked for ``k`` plus everything a
+    customer bought.
 
     Args:
-        exclude: Drop the list's ``_seen`` products (False: rank the plain top ``k``).
+        model: The fitted ALS model.
+        who: :func:`audience`'s frame; customers the model has no factors for get no rows.
+        depth: Candidates per customer (``k`` and a margin for ties with the ``k``-th).
+        masked: One output per entry: without exclusion (False) and/or with (True). The
+            scores are computed once for both.
+
+    Returns:
+        ``customer_id, _masked, item_idx, score`` (unordered; ``score`` as float32).
+    """
+    items = ItemFactors.of(model)
+    factors = model.userFactors.select(F.col("id").alias(USER), "features")
+    schema = T.StructType(
+        [
+            T.StructField(S.CUSTOMER_ID, T.StringType()),
+            T.StructField(_MASKED, T.BooleanType()),
+            T.StructField(ITEM, T.IntegerType()),
+            T.StructField(S.SCORE_VALUE, T.FloatType()),
+        ]
+    )
+    scorer = _scorer(items, depth=depth, masked=tuple(sorted(masked)))
+    return (
+        who.join(factors, USER)
+        .select(S.CUSTOMER_ID, _SEEN, "features")
+        .mapInPandas(scorer, schema)
+        .withColumn(S.SCORE_VALUE, F.col(S.SCORE_VALUE).cast("double"))
+    )
+
+
+def top_k_from_candidates(
+    candidates: DataFrame, indexers: Indexers, *, k: int, masked: bool = True
+) -> DataFrame:
+    """The ``k`` best of :func:`scored_candidates`' rows, ranked 1..k with :func:`top_k`'s
+    window (score descending, product id on ties).
+
+    Args:
+        masked: Rank the candidates scored with the exclusion (False: without it).
 
     Returns:
         ``customer_id, product_id, score, rank``.
     """
-    found = F.col("recommendations")
-    if exclude:
-        found = F.filter(found, lambda r: ~F.array_contains(F.col(_SEEN), r[ITEM]))
-    # ALS lists a customer's candidates by rating, best first. Keep the k best and a few
-    # more, so that the window decides between products tied with the k-th (by product id).
-    # (One pass over each array: a cut-off computed inside the lambda would be re-evaluated
-    # for every element.)
-    best = F.slice(found, 1, k + TIE_MARGIN)
-    exploded = lists.select(S.CUSTOMER_ID, F.explode(best).alias("r")).select(
-        S.CUSTOMER_ID,
-        F.col(f"r.{ITEM}").alias(ITEM),
-        F.col("r.rating").cast("double").alias(S.SCORE_VALUE),
+    rows = candidates.where(F.col(_MASKED) == F.lit(masked)).select(
+        S.CUSTOMER_ID, ITEM, S.SCORE_VALUE
     )
-    candidates = indexers.item_ids(exploded).select(S.CUSTOMER_ID, S.PRODUCT_ID, S.SCORE_VALUE)
-    return top_k(candidates, k=k)
+    return top_k(indexers.item_ids(rows).select(S.CUSTOMER_ID, S.PRODUCT_ID, S.SCORE_VALUE), k=k)
 
 
 def als_top_k(
@@ -379,18 +433,17 @@ def als_top_k(
     k: int,
     customers: DataFrame,
     exclude: DataFrame | None = None,
-    cap: int = MAX_EXTRA_CANDIDATES,
 ) -> DataFrame:
     """Each customer's ``k`` best-scored products, without the ``exclude``d ones, ranked 1..k:
-    :func:`audience`, :func:`candidate_lists`, then :func:`top_k_from_lists` (arguments as
-    for :func:`audience`).
+    :func:`audience`, :func:`scored_candidates`, then :func:`top_k_from_candidates`
+    (arguments as for :func:`audience`).
 
     Returns:
         ``customer_id, product_id, score, rank``.
     """
-    who = audience(indexers, customers, k=k, exclude=exclude, cap=cap)
-    lists = candidate_lists(model, who)
-    return top_k_from_lists(lists, indexers, k=k, exclude=exclude is not None)
+    who = audience(indexers, customers, exclude=exclude)
+    candidates = scored_candidates(model, who, depth=k + TIE_MARGIN)
+    return top_k_from_candidates(candidates, indexers, k=k)
 
 
 def top_k(candidates: DataFrame, *, k: int, exclude: DataFrame | None = None) -> DataFrame:
@@ -651,7 +704,7 @@ def serve(
         ``customer_id, rank, product_id, score, source``, exactly k rows per customer.
     """
     indexers, als_model = unpack(model)
-    best = als_top_k(als_model, indexers, k=k, customers=customers, exclude=bought, cap=max_extra)
+    best = als_top_k(als_model, indexers, k=k, customers=customers, exclude=bought)
     if keep is not None:
         best, popular = _persist(best, keep), _persist(popular, keep)
     return recommend_customers(
@@ -820,7 +873,7 @@ def _evaluate_point(
     train: DataFrame,
     *,
     indexers: Indexers,
-    who: Audience,
+    who: DataFrame,
     relevant: DataFrame,
     k: int,
     catalog_size: int,
@@ -840,17 +893,18 @@ def _evaluate_point(
             blocks=blocks,
         ).fit(train)
         fit_seconds = time.monotonic() - started
-        # Persist: both modes rank the same lists (the first k of a list are the top k
-        # without exclusion).
-        lists = candidate_lists(model, who).persist(StorageLevel.MEMORY_AND_DISK)
+        # Both modes from one scoring pass, persisted: each is read by the metrics.
+        candidates = scored_candidates(
+            model, who, depth=k + TIE_MARGIN, masked=(False, True)
+        ).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             recommended = {
-                ALL: top_k_from_lists(lists, indexers, k=k, exclude=False),
-                NEW: top_k_from_lists(lists, indexers, k=k),
+                ALL: top_k_from_candidates(candidates, indexers, k=k, masked=False),
+                NEW: top_k_from_candidates(candidates, indexers, k=k),
             }
             metrics = _metrics_by_mode(recommended, relevant, k=k, catalog_size=catalog_size)
         finally:
-            lists.unpersist()
+            candidates.unpersist()
         mlflow.log_params({"rank": rank, "reg_param": reg_param, "alpha": alpha, "k": k})
         mlflow.log_metrics(
             {
@@ -978,8 +1032,7 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
             relevant_all.select(S.CUSTOMER_ID).distinct().join(customers, S.CUSTOMER_ID, "left"),
             kept,
         )
-        who = audience(indexers, eval_customers, k=k, exclude=prior_tuned)
-        who = dataclasses.replace(who, frame=_persist(who.frame, kept))
+        who = _persist(audience(indexers, eval_customers, exclude=prior_tuned), kept)
         # One pass for the bounded facts of the evaluation.
         repeat = (
             window.join(prior.withColumn("_seen", F.lit(1)), [S.CUSTOMER_ID, S.PRODUCT_ID], "left")
