@@ -83,6 +83,19 @@ def test_products_and_customers(spark: SparkSession) -> None:
     assert customers["c2"].country == "FR"  # the most frequent country
 
 
+def test_most_frequent_breaks_ties_by_the_smallest_value_and_ignores_nulls(
+    spark: SparkSession,
+) -> None:
+    df = spark.createDataFrame(
+        [("a", "x"), ("a", "y"), ("a", None), ("a", None), ("a", None),  # tie x/y: x
+         ("b", "z"), ("b", "y"), ("b", "z"),  # z twice
+         ("c", None)],  # only nulls: no row
+        "k string, v string",
+    )  # fmt: skip
+    found = {r.k: r.v for r in clean.most_frequent(df, "k", "v").collect()}
+    assert found == {"a": "x", "b": "z"}
+
+
 def test_run_is_idempotent(settings: Settings, spark: SparkSession) -> None:
     lake = Lakehouse(settings, spark)
     lake.overwrite("bronze.transactions", bronze(spark, ROWS))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from retailml import schemas as S
@@ -96,9 +96,26 @@ def clean_transactions(bronze: DataFrame) -> DataFrame:
     )
 
 
-def _mode(column: str) -> F.Column:
-    # deterministic=True breaks ties by the smallest value, so re-runs agree.
-    return F.mode(F.col(column), deterministic=True)
+def most_frequent(df: DataFrame, key: str, column: str) -> DataFrame:
+    """Each ``key``'s most frequent non-null ``column`` value, the smallest on ties.
+
+    ``F.mode`` would do it in one aggregate, but it keeps a map of counts per group in an
+    object buffer (ObjectHashAggregate, falling back to sorting when the maps grow): it was
+    most of clean's time at M and L. Counting ``(key, value)`` pairs is a plain hash
+    aggregate, and ranking the few values per key is a small window.
+
+    Returns:
+        ``key, column`` (keys without a non-null value are absent).
+    """
+    counted = (
+        df.where(F.col(column).isNotNull()).groupBy(key, column).agg(F.count(F.lit(1)).alias("_n"))
+    )
+    order = Window.partitionBy(key).orderBy(F.col("_n").desc(), F.col(column))
+    return (
+        counted.withColumn("_r", F.row_number().over(order))
+        .where(F.col("_r") == 1)
+        .select(key, column)
+    )
 
 
 def build_products(transactions: DataFrame) -> DataFrame:
@@ -108,9 +125,7 @@ def build_products(transactions: DataFrame) -> DataFrame:
     def when_purchase(column: str) -> F.Column:
         return F.when(purchase, F.col(column))
 
-    return transactions.groupBy(S.PRODUCT_ID).agg(
-        _mode(S.PRODUCT_NAME).alias(S.PRODUCT_NAME),
-        _mode(S.CATEGORY).alias(S.CATEGORY),
+    stats = transactions.groupBy(S.PRODUCT_ID).agg(
         F.min(when_purchase(S.UNIT_PRICE)).alias("min_price"),
         F.round(F.avg(when_purchase(S.UNIT_PRICE)), 4).alias("avg_price"),
         F.max(when_purchase(S.UNIT_PRICE)).alias("max_price"),
@@ -120,27 +135,31 @@ def build_products(transactions: DataFrame) -> DataFrame:
         F.min(when_purchase(S.EVENT_DATE)).alias("first_sold"),
         F.max(when_purchase(S.EVENT_DATE)).alias("last_sold"),
     )
+    return (
+        stats.join(most_frequent(transactions, S.PRODUCT_ID, S.PRODUCT_NAME), S.PRODUCT_ID, "left")
+        .join(most_frequent(transactions, S.PRODUCT_ID, S.CATEGORY), S.PRODUCT_ID, "left")
+        .select(S.PRODUCT_ID, S.PRODUCT_NAME, S.CATEGORY, *stats.columns[1:])
+    )
 
 
 def build_customers(transactions: DataFrame) -> DataFrame:
     """One row per known customer: country, first/last purchase, counts, net spend."""
     purchase = F.col(S.EVENT_TYPE) == S.PURCHASE
     bought = F.col(S.EVENT_TYPE).isin(S.PURCHASE, S.RETURN)
-    return (
-        transactions.where(F.col(S.CUSTOMER_ID).isNotNull())
-        .groupBy(S.CUSTOMER_ID)
-        .agg(
-            _mode(S.COUNTRY).alias(S.COUNTRY),
-            F.min(F.when(purchase, F.col(S.EVENT_TIME))).alias("first_purchase"),
-            F.max(F.when(purchase, F.col(S.EVENT_TIME))).alias("last_purchase"),
-            F.countDistinct(F.when(purchase, F.col(S.INVOICE_ID))).alias("invoices"),
-            F.count(F.when(purchase, F.lit(1))).alias("purchase_lines"),
-            F.count(F.when(F.col(S.IS_RETURN), F.lit(1))).alias("return_lines"),
-            F.countDistinct(F.when(purchase, F.col(S.PRODUCT_ID))).alias("distinct_products"),
-            F.round(F.coalesce(F.sum(F.when(bought, F.col(S.AMOUNT))), F.lit(0.0)), 2).alias(
-                "total_spent"
-            ),
-        )
+    known = transactions.where(F.col(S.CUSTOMER_ID).isNotNull())
+    stats = known.groupBy(S.CUSTOMER_ID).agg(
+        F.min(F.when(purchase, F.col(S.EVENT_TIME))).alias("first_purchase"),
+        F.max(F.when(purchase, F.col(S.EVENT_TIME))).alias("last_purchase"),
+        F.countDistinct(F.when(purchase, F.col(S.INVOICE_ID))).alias("invoices"),
+        F.count(F.when(purchase, F.lit(1))).alias("purchase_lines"),
+        F.count(F.when(F.col(S.IS_RETURN), F.lit(1))).alias("return_lines"),
+        F.countDistinct(F.when(purchase, F.col(S.PRODUCT_ID))).alias("distinct_products"),
+        F.round(F.coalesce(F.sum(F.when(bought, F.col(S.AMOUNT))), F.lit(0.0)), 2).alias(
+            "total_spent"
+        ),
+    )
+    return stats.join(most_frequent(known, S.CUSTOMER_ID, S.COUNTRY), S.CUSTOMER_ID, "left").select(
+        S.CUSTOMER_ID, S.COUNTRY, *stats.columns[1:]
     )
 
 
