@@ -120,16 +120,13 @@ TIE_MARGIN = 5
 SCORE_CHUNK_ROWS = 1024
 
 _BOUGHT_UNITS = "_bought_units"
-_ORDER = "_order"
-_DEPTH = "_depth"
 _TAKEN = "_taken"
-_BOUGHT_COUNT = "_bought_count"
-_PRIORITY = "_priority"
-_LIST_COUNTRY = "_list_country"
 _TIE = "_tie"
 _MODE = "_mode"
 _SEEN = "_seen"
 _MASKED = "_masked"
+_NATIONAL = "_national"
+_WORLD = "_world"
 
 
 # --- pure transformations ------------------------------------------------------------------
@@ -536,6 +533,40 @@ def popularity(
     )
 
 
+def _fill_lists(popular: DataFrame, *, depth: int) -> tuple[DataFrame, DataFrame]:
+    """The popularity fill's lists, ``depth`` deep per ranking: ``country, _national`` (the
+    country's ranking, then the global one without the country's products, so a product in both
+    keeps its place in the country's) and the one-row ``_world`` (the global ranking). Entries
+    are ``struct<product_id, score>`` in fill order."""
+    top = popular.where(F.col(POSITION) <= depth)
+
+    def in_order() -> F.Column:
+        entries = F.sort_array(F.collect_list(F.struct(POSITION, S.PRODUCT_ID, S.SCORE_VALUE)))
+        return F.transform(
+            entries,
+            lambda e: F.struct(
+                e[S.PRODUCT_ID].alias(S.PRODUCT_ID), e[S.SCORE_VALUE].alias(S.SCORE_VALUE)
+            ),
+        )
+
+    world = top.where(F.col(S.COUNTRY).isNull()).agg(in_order().alias(_WORLD))
+    countries = (
+        top.where(F.col(S.COUNTRY).isNotNull()).groupBy(S.COUNTRY).agg(in_order().alias("_country"))
+    )
+    # Tiny (countries × depth): the per-element lookup in the lambda costs nothing here.
+    national = countries.crossJoin(world).select(
+        S.COUNTRY,
+        F.concat(
+            F.col("_country"),
+            F.filter(
+                _WORLD,
+                lambda w: ~F.array_contains(F.col(f"_country.{S.PRODUCT_ID}"), w[S.PRODUCT_ID]),
+            ),
+        ).alias(_NATIONAL),
+    )
+    return national, world
+
+
 def recommend_customers(
     customers: DataFrame,
     popular: DataFrame,
@@ -571,9 +602,9 @@ def recommend_customers(
         F.col(S.COUNTRY) if S.COUNTRY in customers.columns else F.lit(None).cast("string"),
     ).toDF(S.CUSTOMER_ID, S.COUNTRY)
 
-    # A customer needs k - (ALS rows) popular products. Walking k + b deep into the global
-    # ranking, where b is how many products the customer bought, always leaves enough after
-    # skipping the ALS rows (< k) and the bought products (≤ b).
+    # Per customer: how many ALS rows they have and which products those are, and what they
+    # bought — as arrays, so the fill is a walk down one list per customer, with no row per
+    # candidate and no shuffle beyond these two groupings.
     need = people
     als_rows = None
     if als is not None:
@@ -582,71 +613,49 @@ def recommend_customers(
             .join(people.select(S.CUSTOMER_ID), S.CUSTOMER_ID, "left_semi")
             .select(S.CUSTOMER_ID, S.RANK, S.PRODUCT_ID, S.SCORE_VALUE)
         )
-        taken = als_rows.groupBy(S.CUSTOMER_ID).agg(F.count(F.lit(1)).alias(_TAKEN))
+        taken = als_rows.groupBy(S.CUSTOMER_ID).agg(F.collect_list(S.PRODUCT_ID).alias(_TAKEN))
         need = need.join(taken, S.CUSTOMER_ID, "left")
-    taken_col = F.coalesce(F.col(_TAKEN), F.lit(0)) if als is not None else F.lit(0)
-    depth = F.lit(k)
+    else:
+        need = need.withColumn(_TAKEN, F.lit(None).cast("array<string>"))
     if bought is not None:
-        counts = bought.groupBy(S.CUSTOMER_ID).agg(F.count(F.lit(1)).alias(_BOUGHT_COUNT))
-        need = need.join(counts, S.CUSTOMER_ID, "left")
-        depth = depth + F.least(F.coalesce(F.col(_BOUGHT_COUNT), F.lit(0)), F.lit(max_extra))
+        seen = bought.groupBy(S.CUSTOMER_ID).agg(F.collect_set(S.PRODUCT_ID).alias(_SEEN))
+        need = need.join(seen, S.CUSTOMER_ID, "left")
+    else:
+        need = need.withColumn(_SEEN, F.lit(None).cast("array<string>"))
+    empty = F.array().cast("array<string>")
     need = need.select(
         S.CUSTOMER_ID,
         S.COUNTRY,
-        taken_col.cast("int").alias(_TAKEN),
-        depth.alias(_DEPTH),
-    ).where(F.col(_TAKEN) < k)
+        F.coalesce(F.col(_TAKEN), empty).alias(_TAKEN),
+        F.coalesce(F.col(_SEEN), empty).alias(_SEEN),
+    ).where(F.size(_TAKEN) < k)
 
-    # Both rankings are small (≤ k + max_extra products per country), so they are broadcast
-    # and the candidates are built without a shuffle.
-    lists = popular.where(F.col(POSITION) <= k + max_extra).select(
-        F.col(S.COUNTRY).alias(_LIST_COUNTRY), S.PRODUCT_ID, POSITION, S.SCORE_VALUE
+    # Each country's list (its ranking, then the global one without the country's products)
+    # and the global list, both small and broadcast.
+    national, world = _fill_lists(popular, depth=k + max_extra)
+    listed = need.crossJoin(F.broadcast(world)).join(F.broadcast(national), S.COUNTRY, "left")
+    skipped = F.size(_TAKEN) + F.size(_SEEN)
+    # At most `skipped` entries are dropped, so the first k + skipped always suffice.
+    walk = F.slice(F.coalesce(F.col(_NATIONAL), F.col(_WORLD)), 1, F.lit(k) + skipped)
+    kept = F.filter(
+        walk,
+        lambda e: (
+            ~F.array_contains(F.col(_TAKEN), e[S.PRODUCT_ID])
+            & ~F.array_contains(F.col(_SEEN), e[S.PRODUCT_ID])
+        ),
     )
-    national = F.broadcast(lists.where(F.col(_LIST_COUNTRY).isNotNull()))
-    worldwide = F.broadcast(lists.where(F.col(_LIST_COUNTRY).isNull()))
-    deep_enough = F.col(POSITION) <= F.col(_DEPTH)
-    from_country = need.join(
-        national, (F.col(S.COUNTRY) == F.col(_LIST_COUNTRY)) & deep_enough
-    ).withColumn(_PRIORITY, F.lit(0))
-    # A product in both rankings keeps its place in the country's.
-    in_country = F.broadcast(
-        lists.where(F.col(_LIST_COUNTRY).isNotNull()).select(
-            F.col(_LIST_COUNTRY).alias("_c"),
-            F.col(S.PRODUCT_ID).alias("_p"),
-            F.col(POSITION).alias("_pos"),
-        )
+    picks = listed.select(
+        S.CUSTOMER_ID,
+        F.size(_TAKEN).alias("_n"),
+        F.posexplode(F.slice(kept, 1, F.lit(k) - F.size(_TAKEN))).alias("_pos", "_e"),
     )
-    from_world = (
-        need.join(worldwide, deep_enough)
-        .join(
-            in_country,
-            (F.col(S.COUNTRY) == F.col("_c"))
-            & (F.col(S.PRODUCT_ID) == F.col("_p"))
-            & (F.col("_pos") <= F.col(_DEPTH)),
-            "left_anti",
-        )
-        .withColumn(_PRIORITY, F.lit(1))
-    )
-    candidates = from_country.unionByName(from_world)
-
-    skip = als_rows.select(S.CUSTOMER_ID, S.PRODUCT_ID) if als_rows is not None else None
-    if bought is not None:
-        pairs = bought.select(S.CUSTOMER_ID, S.PRODUCT_ID)
-        skip = pairs if skip is None else skip.unionByName(pairs)
-    if skip is not None:
-        candidates = candidates.join(skip, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti")
     # ALS rows hold ranks 1..taken, so the fill continues at taken + 1: no second ranking.
-    fill_order = Window.partitionBy(S.CUSTOMER_ID).orderBy(_PRIORITY, POSITION)
-    fill = (
-        candidates.withColumn(_ORDER, F.row_number().over(fill_order))
-        .where(F.col(_ORDER) <= F.lit(k) - F.col(_TAKEN))
-        .select(
-            S.CUSTOMER_ID,
-            (F.col(_TAKEN) + F.col(_ORDER)).cast("int").alias(S.RANK),
-            S.PRODUCT_ID,
-            S.SCORE_VALUE,
-            F.lit(S.SOURCE_POPULAR).alias(S.SOURCE),
-        )
+    fill = picks.select(
+        S.CUSTOMER_ID,
+        (F.col("_n") + F.col("_pos") + 1).cast("int").alias(S.RANK),
+        F.col(f"_e.{S.PRODUCT_ID}").alias(S.PRODUCT_ID),
+        F.col(f"_e.{S.SCORE_VALUE}").alias(S.SCORE_VALUE),
+        F.lit(S.SOURCE_POPULAR).alias(S.SOURCE),
     )
     if als_rows is None:
         return fill
