@@ -184,6 +184,13 @@ class RecommendSettings(_Section):
         description="Above this many customers, the grid is tuned and evaluated on a fixed "
         "sample of about this many; the final model is fitted on everyone.",
     )
+    parallelism: int = Field(
+        2,
+        ge=1,
+        description="Grid points fitted and evaluated at once (threads sharing the session), "
+        "so one point's jobs use the cores another's leave idle; each holds its own ALS model "
+        "and candidates.",
+    )
     promotion_margin: float = Field(0.001, ge=0, description="NDCG@k gain to replace the champion.")
     experiment: str = "retailml-recommendations"
     model_name: str = "retailml-recommender"

@@ -57,9 +57,11 @@ The write replaces the as-of date's rows of ``gold.recommendations`` (idempotent
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -68,7 +70,7 @@ import mlflow.spark
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
-from pyspark import StorageLevel
+from pyspark import StorageLevel, inheritable_thread_target
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import IndexToString, StringIndexer, StringIndexerModel
 from pyspark.ml.recommendation import ALS, ALSModel
@@ -877,7 +879,14 @@ def _metrics_by_mode(
     return {mode: found.get(mode, empty) for mode in MODES}
 
 
-def _evaluate_point(
+@dataclass(frozen=True)
+class _Measured:
+    metrics: dict[str, RankingMetrics]  # by mode
+    fit_seconds: float
+    eval_seconds: float
+
+
+def _measure_point(
     params: tuple[int, float, float],
     train: DataFrame,
     *,
@@ -888,42 +897,67 @@ def _evaluate_point(
     catalog_size: int,
     blocks: int,
     settings: Settings,
-) -> GridPoint:
+) -> _Measured:
+    """Fit one grid point and measure it in both modes (no MLflow: may run in a thread)."""
+    rank, reg_param, alpha = params
+    started = time.monotonic()
+    model = als_estimator(
+        rank=rank,
+        reg_param=reg_param,
+        alpha=alpha,
+        max_iter=settings.recommend.max_iter,
+        seed=settings.seed,
+        blocks=blocks,
+    ).fit(train)
+    fit_seconds = time.monotonic() - started
+    # Both modes from one scoring pass, persisted: each is read by the metrics.
+    candidates = scored_candidates(model, who, depth=k + TIE_MARGIN, masked=(False, True)).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    try:
+        recommended = {
+            ALL: top_k_from_candidates(candidates, indexers, k=k, masked=False),
+            NEW: top_k_from_candidates(candidates, indexers, k=k),
+        }
+        metrics = _metrics_by_mode(recommended, relevant, k=k, catalog_size=catalog_size)
+    finally:
+        candidates.unpersist()
+    return _Measured(metrics, fit_seconds, time.monotonic() - started - fit_seconds)
+
+
+def _measure_grid(
+    points: list[tuple[int, float, float]],
+    spark: SparkSession,
+    *,
+    parallelism: int,
+    measure: Callable[[tuple[int, float, float]], _Measured],
+) -> list[_Measured]:
+    """``measure`` of every point, in order, ``parallelism`` at a time. The threads inherit the
+    session's job tags (the workflow's per-task tag, by which a task's jobs are found and
+    cancelled)."""
+    if parallelism <= 1 or len(points) <= 1:
+        return [measure(p) for p in points]
+    with ThreadPoolExecutor(max_workers=min(parallelism, len(points))) as pool:
+        return list(pool.map(inheritable_thread_target(spark)(measure), points))
+
+
+def _log_point(params: tuple[int, float, float], measured: _Measured, *, k: int) -> GridPoint:
+    """A nested MLflow run for the grid point, under the active run."""
     rank, reg_param, alpha = params
     name = f"rank={rank} reg={reg_param:g} alpha={alpha:g}"
     with mlflow.start_run(run_name=name, nested=True) as run:
-        started = time.monotonic()
-        model = als_estimator(
-            rank=rank,
-            reg_param=reg_param,
-            alpha=alpha,
-            max_iter=settings.recommend.max_iter,
-            seed=settings.seed,
-            blocks=blocks,
-        ).fit(train)
-        fit_seconds = time.monotonic() - started
-        # Both modes from one scoring pass, persisted: each is read by the metrics.
-        candidates = scored_candidates(
-            model, who, depth=k + TIE_MARGIN, masked=(False, True)
-        ).persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            recommended = {
-                ALL: top_k_from_candidates(candidates, indexers, k=k, masked=False),
-                NEW: top_k_from_candidates(candidates, indexers, k=k),
-            }
-            metrics = _metrics_by_mode(recommended, relevant, k=k, catalog_size=catalog_size)
-        finally:
-            candidates.unpersist()
         mlflow.log_params({"rank": rank, "reg_param": reg_param, "alpha": alpha, "k": k})
         mlflow.log_metrics(
             {
-                **metrics[ALL].as_dict("als_all_"),
-                **metrics[NEW].as_dict("als_new_"),
-                "fit_seconds": fit_seconds,
-                "eval_seconds": time.monotonic() - started - fit_seconds,
+                **measured.metrics[ALL].as_dict("als_all_"),
+                **measured.metrics[NEW].as_dict("als_new_"),
+                "fit_seconds": measured.fit_seconds,
+                "eval_seconds": measured.eval_seconds,
             }
         )
-    return GridPoint(rank, reg_param, alpha, metrics, fit_seconds, run.info.run_id)
+    return GridPoint(
+        rank, reg_param, alpha, measured.metrics, measured.fit_seconds, run.info.run_id
+    )
 
 
 def _register_and_gate(
@@ -1078,13 +1112,18 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
                     "max_extra_candidates": MAX_EXTRA_CANDIDATES,
                     "catalog_size": catalog_size,
                     "tuning_sample": round(sample, 4),
+                    "parallelism": cfg.parallelism,
                 }
             )
             tune_started = time.monotonic()
-            grid = [
-                _evaluate_point(
-                    params,
-                    train,
+            points = list(itertools.product(cfg.ranks, cfg.reg_params, cfg.alphas))
+            measured = _measure_grid(
+                points,
+                spark,
+                parallelism=cfg.parallelism,
+                measure=functools.partial(
+                    _measure_point,
+                    train=train,
                     indexers=indexers,
                     who=who,
                     relevant=relevant,
@@ -1092,9 +1131,9 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
                     catalog_size=catalog_size,
                     blocks=blocks,
                     settings=settings,
-                )
-                for params in itertools.product(cfg.ranks, cfg.reg_params, cfg.alphas)
-            ]
+                ),
+            )
+            grid = [_log_point(p, m, k=k) for p, m in zip(points, measured, strict=True)]
             tune_seconds = time.monotonic() - tune_started
             # max keeps the first of equal points, so the choice is reproducible.
             best = max(grid, key=lambda g: g.metrics[tuned_mode].ndcg_at_k)
