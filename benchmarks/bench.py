@@ -705,11 +705,11 @@ def write_docs(rows: Sequence[dict[str, str]], path: Path) -> None:
 
 
 def _size_section(name: str, rows: Sequence[dict[str, str]]) -> list[str]:
-    """The size's latest run per task, beside the latest run of the commit before when there is
-    one, and the model quality of the runs shown."""
+    """The size's latest run per task beside the first run recorded for the size (the baseline,
+    when it is another commit's), the model quality of both, and every run's total."""
     latest = _latest_run(rows)
     latest_date, commit = latest[0]["date"], latest[0]["git_commit"]
-    before_rows = _latest_run([r for r in rows if r["git_commit"] != commit])
+    before_rows = _earliest_run([r for r in rows if r["git_commit"] != commit])
     before = {r["task"]: r["seconds"] for r in before_rows}
     before_commit = before_rows[0]["git_commit"] if before_rows else ""
     seconds = (
@@ -726,6 +726,8 @@ def _size_section(name: str, rows: Sequence[dict[str, str]]) -> list[str]:
         f"{float(latest[0]['total_seconds']):.0f} s end to end.",
         "",
         _quality_line(latest[0], before_rows[0] if before_rows else None),
+        "",
+        _history_line(rows),
         "",
         "| " + " | ".join(header) + " |",
         "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
@@ -805,6 +807,21 @@ def _latest_run(rows: Sequence[dict[str, str]]) -> list[dict[str, str]]:
         return []
     date = max(r["date"] for r in rows)
     return [r for r in rows if r["date"] == date]
+
+
+def _earliest_run(rows: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows of the first run among ``rows``; [] if none."""
+    if not rows:
+        return []
+    date = min(r["date"] for r in rows)
+    return [r for r in rows if r["date"] == date]
+
+
+def _history_line(rows: Sequence[dict[str, str]]) -> str:
+    """Every recorded run of a size, oldest first: commit and end-to-end seconds."""
+    totals = {r["date"]: (r["git_commit"], float(r["total_seconds"])) for r in rows}
+    runs = ", ".join(f"`{c}` {s:,.0f} s" for _, (c, s) in sorted(totals.items()))
+    return f"Every recorded run, oldest first (commit, end to end): {runs}."
 
 
 def _source_lines(run: Sequence[dict[str, str]]) -> int | None:
