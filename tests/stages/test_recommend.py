@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterator
@@ -351,21 +352,21 @@ def test_als_top_k_matches_brute_force_whatever_was_bought(spark: SparkSession) 
     check("c3", only["c3"], excluded["c3"])
 
 
-def test_grid_points_run_in_threads_in_order_with_the_task_tag(spark: SparkSession) -> None:
-    """Parallel grid points come back in grid order, and their Spark jobs carry the tags of
-    the thread that started them (the workflow finds and cancels a task's jobs by its tag)."""
+def test_grid_jobs_run_in_threads_in_order_with_the_task_tag(spark: SparkSession) -> None:
+    """Parallel grid jobs come back in order, and their Spark jobs carry the tags of the thread
+    that started them (the workflow finds and cancels a task's jobs by its tag)."""
     tag = "retailml-test-grid"
     spark.addTag(tag)
     try:
 
-        def measure(point: tuple[int, float, float]) -> Any:
-            return point, set(spark.getTags()), spark.range(point[0]).count()
+        def job(n: int) -> Any:
+            return n, set(spark.getTags()), spark.range(n).count()
 
-        points = [(3, 0.1, 1.0), (1, 0.1, 1.0), (2, 0.1, 1.0)]
-        got = recommend._measure_grid(points, spark, parallelism=2, measure=measure)
+        jobs = [functools.partial(job, n) for n in (3, 1, 2)]
+        got: list[Any] = recommend._in_parallel(jobs, spark, parallelism=2)
     finally:
         spark.removeTag(tag)
-    assert [g[0] for g in got] == points
+    assert [g[0] for g in got] == [3, 1, 2]
     assert all(tag in g[1] for g in got)
     assert [g[2] for g in got] == [3, 1, 2]
 

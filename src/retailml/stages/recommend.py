@@ -60,7 +60,7 @@ import dataclasses
 import functools
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -925,20 +925,20 @@ def _measure_point(
     return _Measured(metrics, fit_seconds, time.monotonic() - started - fit_seconds)
 
 
-def _measure_grid(
-    points: list[tuple[int, float, float]],
-    spark: SparkSession,
-    *,
-    parallelism: int,
-    measure: Callable[[tuple[int, float, float]], _Measured],
+def _in_parallel(
+    jobs: Sequence[Callable[[], _Measured]], spark: SparkSession, *, parallelism: int
 ) -> list[_Measured]:
-    """``measure`` of every point, in order, ``parallelism`` at a time. The threads inherit the
+    """Every job's result, in order, ``parallelism`` jobs at a time. The threads inherit the
     session's job tags (the workflow's per-task tag, by which a task's jobs are found and
     cancelled)."""
-    if parallelism <= 1 or len(points) <= 1:
-        return [measure(p) for p in points]
-    with ThreadPoolExecutor(max_workers=min(parallelism, len(points))) as pool:
-        return list(pool.map(inheritable_thread_target(spark)(measure), points))
+    if parallelism <= 1 or len(jobs) <= 1:
+        return [job() for job in jobs]
+
+    def call(job: Callable[[], _Measured]) -> _Measured:
+        return job()
+
+    with ThreadPoolExecutor(max_workers=min(parallelism, len(jobs))) as pool:
+        return list(pool.map(inheritable_thread_target(spark)(call), jobs))
 
 
 def _log_point(params: tuple[int, float, float], measured: _Measured, *, k: int) -> GridPoint:
@@ -1117,35 +1117,37 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
             )
             tune_started = time.monotonic()
             points = list(itertools.product(cfg.ranks, cfg.reg_params, cfg.alphas))
-            measured = _measure_grid(
-                points,
+
+            def popular_baseline() -> _Measured:
+                recommended = {
+                    ALL: recommend_customers(eval_customers, popular_then, k=k),
+                    NEW: recommend_customers(eval_customers, popular_then, k=k, bought=prior_tuned),
+                }
+                found = _metrics_by_mode(recommended, relevant, k=k, catalog_size=catalog_size)
+                return _Measured(found, 0.0, 0.0)
+
+            measure = functools.partial(
+                _measure_point,
+                train=train,
+                indexers=indexers,
+                who=who,
+                relevant=relevant,
+                k=k,
+                catalog_size=catalog_size,
+                blocks=blocks,
+                settings=settings,
+            )
+            # The baseline first: it needs no ALS model, so it runs beside the first fit.
+            done = _in_parallel(
+                [popular_baseline, *(functools.partial(measure, p) for p in points)],
                 spark,
                 parallelism=cfg.parallelism,
-                measure=functools.partial(
-                    _measure_point,
-                    train=train,
-                    indexers=indexers,
-                    who=who,
-                    relevant=relevant,
-                    k=k,
-                    catalog_size=catalog_size,
-                    blocks=blocks,
-                    settings=settings,
-                ),
             )
+            baseline, measured = done[0].metrics, done[1:]
             grid = [_log_point(p, m, k=k) for p, m in zip(points, measured, strict=True)]
             tune_seconds = time.monotonic() - tune_started
             # max keeps the first of equal points, so the choice is reproducible.
             best = max(grid, key=lambda g: g.metrics[tuned_mode].ndcg_at_k)
-            baseline = _metrics_by_mode(
-                {
-                    ALL: recommend_customers(eval_customers, popular_then, k=k),
-                    NEW: recommend_customers(eval_customers, popular_then, k=k, bought=prior_tuned),
-                },
-                relevant,
-                k=k,
-                catalog_size=catalog_size,
-            )
             metrics: dict[tuple[str, str], RankingMetrics] = {}
             for mode in MODES:
                 metrics[(ALS_MODEL, mode)] = best.metrics[mode]
