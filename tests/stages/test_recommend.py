@@ -353,19 +353,23 @@ def test_als_top_k_matches_brute_force_whatever_was_bought(spark: SparkSession) 
 
 
 def test_grid_jobs_run_in_threads_in_order_with_the_task_tag(spark: SparkSession) -> None:
-    """Parallel grid jobs come back in order, and their Spark jobs carry the tags of the thread
-    that started them (the workflow finds and cancels a task's jobs by its tag)."""
+    """Parallel grid jobs come back in order, and their Spark jobs carry the job tag of the
+    thread that started them (the workflow runner tags a task's jobs this way, and finds and
+    cancels them by it)."""
     tag = "retailml-test-grid"
-    spark.addTag(tag)
+    # As the runner does in classic Spark. (Not spark.addTag: in Spark 4.2 a session tag makes
+    # the session unserialisable for LogisticRegression's evaluate in later tests.)
+    sc = spark.sparkContext
+    sc.addJobTag(tag)
     try:
 
         def job(n: int) -> Any:
-            return n, set(spark.getTags()), spark.range(n).count()
+            return n, set(sc.getJobTags()), spark.range(n).count()
 
         jobs = [functools.partial(job, n) for n in (3, 1, 2)]
         got: list[Any] = recommend._in_parallel(jobs, spark, parallelism=2)
     finally:
-        spark.removeTag(tag)
+        sc.removeJobTag(tag)
     assert [g[0] for g in got] == [3, 1, 2]
     assert all(tag in g[1] for g in got)
     assert [g[2] for g in got] == [3, 1, 2]
