@@ -21,7 +21,8 @@ fallback's job, whichever model is evaluated). Two modes:
 The repeat share (window customer × product pairs the customer had bought before) says which
 mode describes the business. The popularity baseline is measured the same way. The grid
 (``ranks × reg_params × alphas``) is tuned on NDCG@k of the mode that matches
-``exclude_purchased``.
+``exclude_purchased``; ``recommend.parallelism`` grid points (and the baseline) are measured at
+once, in threads that inherit the task's Spark job tags, and logged to MLflow in grid order.
 
 **Candidates** (:func:`scored_candidates`, :func:`top_k_from_candidates`). Each customer's
 factors are scored against the whole catalogue in a Python worker (NumPy matrix products on
