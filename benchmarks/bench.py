@@ -723,7 +723,7 @@ def _size_section(name: str, rows: Sequence[dict[str, str]]) -> list[str]:
         f"## {name}",
         "",
         f"Run of {latest_date} at commit `{commit}` on {latest[0]['cores']} cores: "
-        f"{float(latest[0]['total_seconds']):.0f} s end to end.",
+        f"{float(latest[0]['total_seconds']):,.0f} s end to end.",
         "",
         _quality_line(latest[0], before_rows[0] if before_rows else None),
         "",

@@ -92,7 +92,7 @@ def test_interactions_returns_reduce_the_rating_and_guests_are_excluded(
     assert result[("c2", "p1")].net_quantity == 1
 
 
-def test_als_reads_indexed_ratings_in_a_block_per_core(spark: SparkSession) -> None:
+def test_als_reads_indexed_ratings_in_two_blocks_per_core(spark: SparkSession) -> None:
     rows: list[Row] = [
         ("i1", "c1", "p1", 1, "2011-01-03", "purchase", "UK"),
         ("i2", "c2", "p2", 3, "2011-01-04", "purchase", "UK"),
@@ -102,8 +102,8 @@ def test_als_reads_indexed_ratings_in_a_block_per_core(spark: SparkSession) -> N
     got = recommend.ratings(indexers, history)
     assert got.columns == ["user_idx", "item_idx", "rating"]
     assert sorted((r.user_idx, r.item_idx) for r in got.collect()) == [(0.0, 0.0), (1.0, 1.0)]
-    # Cores, not shuffle partitions: ALS's stages per iteration are fixed, its tasks are not.
-    assert recommend.als_blocks(spark) == spark.sparkContext.defaultParallelism
+    # From the cores, not the shuffle partitions: ALS's stages per iteration are fixed.
+    assert recommend.als_blocks(spark) == 2 * spark.sparkContext.defaultParallelism
 
 
 def test_top_k_ranks_without_gaps_and_excludes(spark: SparkSession) -> None:
