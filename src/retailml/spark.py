@@ -60,6 +60,14 @@ def build_session(settings: Settings) -> SparkSession:
     return spark
 
 
+def spark_context(spark: SparkSession) -> SparkContext | None:
+    """The session's SparkContext; None on Spark Connect, which has none."""
+    try:
+        return spark.sparkContext
+    except Exception:  # Spark Connect raises instead
+        return None
+
+
 def spark_conf(settings: Settings) -> SparkConf:
     """The Spark configuration for a new session: Delta, local defaults, then the user's conf."""
     s = settings.spark

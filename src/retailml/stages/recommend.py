@@ -86,6 +86,7 @@ from retailml.ml import registry, tracking
 from retailml.ml.ranking import RankingMetrics, ranking_metrics_by
 from retailml.ml.sample import customer_share
 from retailml.settings import Settings
+from retailml.spark import spark_context
 
 REQUIRED_COLUMNS = (
     S.TRANSACTION_ID,
@@ -270,10 +271,10 @@ def als_blocks(spark: SparkSession) -> int:
     0.1757 to 0.1705, and two per core is what M was tuned with. On Spark Connect, which has
     no SparkContext, the session's shuffle partitions.
     """
-    try:
-        return max(1, 2 * spark.sparkContext.defaultParallelism)
-    except Exception:  # Spark Connect
-        return max(1, int(spark.conf.get("spark.sql.shuffle.partitions") or 10))
+    sc = spark_context(spark)
+    if sc is not None:
+        return max(1, 2 * sc.defaultParallelism)
+    return max(1, int(spark.conf.get("spark.sql.shuffle.partitions") or 10))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pyspark.sql import SparkSession
 
 from retailml import schemas as S
 from retailml.errors import RetailmlError
+from retailml.spark import spark_context
 from retailml.workflow.dag import Dag, TaskSpec
 from retailml.workflow.history import AttemptRecord, History, RunRecord, utcnow
 
@@ -407,7 +408,7 @@ def _tag_jobs(spark: SparkSession | None, tag: str, *, add: bool) -> None:
     """
     if spark is None:
         return
-    sc = _context(spark)
+    sc = spark_context(spark)
     if sc is not None:
         sc.addJobTag(tag) if add else sc.removeJobTag(tag)
     else:
@@ -417,18 +418,11 @@ def _tag_jobs(spark: SparkSession | None, tag: str, *, add: bool) -> None:
 def _cancel_jobs(spark: SparkSession | None, tag: str) -> None:
     if spark is None:
         return
-    sc = _context(spark)
+    sc = spark_context(spark)
     if sc is not None:
         sc.cancelJobsWithTag(tag)
     else:
         spark.interruptTag(tag)
-
-
-def _context(spark: SparkSession) -> Any:
-    try:
-        return spark.sparkContext
-    except Exception:  # Spark Connect has no SparkContext
-        return None
 
 
 def _lines(result: Any) -> tuple[str, ...]:
