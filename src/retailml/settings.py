@@ -12,8 +12,10 @@ so dict settings such as ``spark.conf`` can come from the environment too.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from datetime import date
@@ -25,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from retailml.errors import SettingsError
 
 ENV_PREFIX = "RETAILML_"
+# What pandas, databases and spreadsheets write for a missing value.
+DEFAULT_NULL_VALUES = ("nan", "NaN", "NAN", "None", "none", "NULL", "null", "N/A", "n/a", "#N/A")
 CONFIG_FILE_NAME = "retailml.toml"
 # The Delta Lake artifact that matches Spark 4.2. The Python package is delta-spark 4.4.1, but
 # 4.4.1 of the Spark jar was never published, and 4.4.0 is the newest jar built for Spark 4.2;
@@ -97,25 +101,124 @@ class IngestSettings(_Section):
     """How source files are read."""
 
     source: str | None = Field(
-        None, description="A file or folder of CSV / Parquet; default: the generated data."
+        None,
+        description="A file or folder of CSV / Parquet / .xlsx; default: the generated data.",
     )
-    format: Literal["auto", "csv", "parquet"] = "auto"
+    format: Literal["auto", "csv", "parquet", "xlsx"] = "auto"
     column_mapping: dict[str, str] = Field(
         default_factory=dict,
         description="Canonical column → source column, for layouts not recognised "
         "automatically, e.g. {event_time = 'order_ts', product_id = 'sku'}.",
     )
-    delimiter: str = Field(",", min_length=1, max_length=1)
+    delimiter: str = Field(
+        "auto",
+        description="CSV delimiter, or 'auto': the one of , ; tab | that splits the "
+        "header into the most columns.",
+    )
+    encoding: str = Field(
+        "auto",
+        description="A Python codec name, or 'auto': UTF-8 (with or without BOM), else the "
+        "single-byte code page detected per file.",
+    )
+    decimal: Literal["auto", ".", ","] = Field(
+        "auto", description="Decimal mark of numbers; 'auto' decides per file from its prices."
+    )
+    null_values: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NULL_VALUES),
+        description="Texts that mean a missing value, in every column (besides empty).",
+    )
     timestamp_formats: list[str] = Field(
-        default_factory=lambda: [
-            "yyyy-MM-dd HH:mm:ss",
-            "yyyy-MM-dd HH:mm",
-            "M/d/yyyy H:mm",
-            "M/d/yy H:mm",
-            "yyyy-MM-dd HH:mm:ss 'UTC'",
-            "yyyy-MM-dd'T'HH:mm:ss",
+        default_factory=list,
+        description="Spark datetime patterns tried first; empty: ISO-8601, numeric dates "
+        "with the day/month order decided per file, epoch numbers.",
+    )
+    sheets: list[str] = Field(
+        default_factory=list, description="Workbook sheets to read; empty: every sheet."
+    )
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        value = {"\\t": "\t", "tab": "\t"}.get(value, value)
+        if value != "auto" and len(value) != 1:
+            raise ValueError("one character, or 'auto'")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        if value != "auto":
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r}") from None
+        return value
+
+
+class LineKindRule(_Section):
+    """Which source lines are of one kind. Codes and invoice patterns are tried for every rule
+    before any description pattern (descriptions are the fallback). Patterns are regular
+    expressions matched against the whole value; all matching ignores case."""
+
+    kind: str = Field(min_length=1, pattern=r"^[a-z_]+$")
+    codes: list[str] = Field(default_factory=list, description="Exact product codes.")
+    code_patterns: list[str] = Field(default_factory=list)
+    invoice_patterns: list[str] = Field(default_factory=list)
+    descriptions: list[str] = Field(default_factory=list, description="Description patterns.")
+
+    @field_validator("code_patterns", "invoice_patterns", "descriptions")
+    @classmethod
+    def _valid_patterns(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {value!r} ({exc})") from None
+        return values
+
+
+# The UCI Online Retail conventions (and the usual words for such lines elsewhere).
+DEFAULT_LINE_KINDS = (
+    LineKindRule(
+        kind="postage",
+        codes=["POST", "DOT", "C2"],
+        descriptions=[
+            r"(dotcom )?postage( charges?)?",
+            r"carriage",
+            r"(delivery|shipping)( charges?| costs?| fees?)?",
         ],
-        min_length=1,
+    ),
+    LineKindRule(
+        kind="fee",
+        codes=["BANK CHARGES", "AMAZONFEE", "CRUK"],
+        descriptions=[r"bank charges?", r"amazon fees?", r".*commission", r".*\bfees?"],
+    ),
+    LineKindRule(kind="discount", codes=["D"], descriptions=[r"discount"]),
+    LineKindRule(kind="manual", codes=["M"], descriptions=[r"manual"]),
+    LineKindRule(
+        kind="adjustment",
+        codes=["B", "ADJUST", "ADJUST2"],
+        invoice_patterns=[r"A\d+"],
+        descriptions=[r"adjust(ment)?\b.*", r".*bad debt.*"],
+    ),
+    LineKindRule(
+        kind="voucher",
+        code_patterns=[r"gift_\d+_\d+"],
+        descriptions=[r".*gift (voucher|certificate)s?\b.*"],
+    ),
+    LineKindRule(kind="sample", codes=["S"], descriptions=[r"samples?"]),
+    LineKindRule(kind="other", codes=["PADS"], code_patterns=[r"TEST\d+"]),
+)
+
+
+class CleanSettings(_Section):
+    """How bronze becomes silver."""
+
+    line_kinds: list[LineKindRule] = Field(
+        default_factory=lambda: list(DEFAULT_LINE_KINDS),
+        description="Rules giving each line its kind; lines no rule matches are 'product'. "
+        "Only product lines are products (in silver.products, popularity and the recommender); "
+        "every kind counts in revenue and spend.",
     )
 
 
@@ -235,6 +338,7 @@ class Settings(_Section):
     mlflow: MlflowSettings = Field(default_factory=lambda: MlflowSettings())
     generate: GenerateSettings = Field(default_factory=lambda: GenerateSettings())
     ingest: IngestSettings = Field(default_factory=lambda: IngestSettings())
+    clean: CleanSettings = Field(default_factory=lambda: CleanSettings())
     features: FeatureSettings = Field(default_factory=lambda: FeatureSettings())
     train: TrainSettings = Field(default_factory=lambda: TrainSettings())
     score: ScoreSettings = Field(default_factory=lambda: ScoreSettings())

@@ -1,0 +1,280 @@
+"""Ingest: source files → ``bronze.transactions`` and ``bronze.quarantine``.
+
+Every data record of every file ends up in exactly one of the two tables: valid rows in the
+canonical schema, the others with their raw record and the reason. Re-ingesting a file
+replaces that file's rows (Delta ``replaceWhere`` on ``source_file``), so running twice adds
+nothing.
+
+The steps, each in its own module: find the data files and read their headers
+(:mod:`.sources`), match each header to a layout (:mod:`.layouts`), read every record as text
+with its exact raw form (:mod:`.records`: CSV and workbooks in Spark's Python workers, Parquet
+by Spark), decide each file's formats from its values and parse into the canonical columns
+(:mod:`.canonical`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import reduce
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from retailml import schemas as S
+from retailml.errors import InputError
+from retailml.lakehouse import Lakehouse
+from retailml.settings import IngestSettings, Settings
+from retailml.stages.ingest import canonical as C
+from retailml.stages.ingest import records as R
+from retailml.stages.ingest.layouts import (
+    CANONICAL,
+    KNOWN_LAYOUTS,
+    ONLINE_RETAIL,
+    ONLINE_RETAIL_II,
+    REES46,
+    Layout,
+    detect_layout,
+    normalise,
+)
+from retailml.stages.ingest.sources import (
+    SourceFile,
+    SourceListing,
+    cause,
+    csv_header,
+    file_format,
+    is_local,
+    list_source_files,
+    workbook_sheets,
+)
+
+__all__ = [
+    "CANONICAL",
+    "KNOWN_LAYOUTS",
+    "ONLINE_RETAIL",
+    "ONLINE_RETAIL_II",
+    "REES46",
+    "IngestResult",
+    "Layout",
+    "SourceFile",
+    "detect_layout",
+    "inspect",
+    "list_source_files",
+    "normalise",
+    "read_records",
+    "run",
+]
+
+# pandas writes nanosecond timestamps to Parquet, which Spark refuses ("Illegal Parquet type:
+# INT64 (TIMESTAMP(NANOS,false))") unless told to read them as longs; they are then epoch
+# nanoseconds, which the canonical parse reads by magnitude.
+_NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one ingest run did; ``input_rows == bronze_rows + quarantine_rows`` always."""
+
+    files: int
+    input_rows: int
+    bronze_rows: int
+    quarantine_rows: int
+    reasons: dict[str, int]
+    batch_id: str
+    skipped: list[str] = field(default_factory=list)
+    decided: dict[str, str] = field(default_factory=dict)
+
+    def headline(self) -> str:
+        return f"{self.bronze_rows:,} bronze rows, {self.quarantine_rows:,} quarantined"
+
+    def summary(self) -> list[str]:
+        lines = [
+            f"{self.files} files, {self.input_rows:,} input rows → bronze.transactions "
+            f"{self.bronze_rows:,} + bronze.quarantine {self.quarantine_rows:,}"
+        ]
+        if self.skipped:
+            names = ", ".join(p.rsplit("/", 1)[-1] for p in self.skipped[:5])
+            more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            lines.append(f"  skipped {len(self.skipped)} files that are not data: {names}{more}")
+        lines += [f"  read {path} with {how}" for path, how in self.decided.items()]
+        return lines + [f"  quarantined {n:>8,}  {reason}" for reason, n in self.reasons.items()]
+
+
+def inspect(spark: SparkSession, path: str, cfg: IngestSettings) -> list[SourceFile]:
+    """The sources of one file (a workbook has one per sheet) with their column names, read
+    without reading the data.
+
+    Raises:
+        InputError: The file is empty or unreadable; the message names it and the cause.
+    """
+    fmt = file_format(path, cfg.format)
+    if fmt == "xlsx":
+        return workbook_sheets(spark, path, sheets=cfg.sheets)
+    if fmt == "parquet":
+        try:
+            columns = tuple(R.parquet_frame(spark, path).columns)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable Parquet file ({cause(exc)})") from exc
+        return [SourceFile(path, path, "parquet", columns)]
+    columns, delimiter = csv_header(spark, path, delimiter=cfg.delimiter)
+    return [SourceFile(path, path, "csv", columns, delimiter)]
+
+
+def read_records(
+    spark: SparkSession,
+    sources: list[SourceFile],
+    layouts: list[Layout],
+    *,
+    encoding: str,
+    null_values: list[str],
+) -> DataFrame:
+    """Every record of every source as :data:`~.records.RECORDS_SCHEMA`, in one plan.
+
+    Args:
+        spark: The session.
+        sources: The sources, with their columns.
+        layouts: Each source's layout.
+        encoding: ``ingest.encoding``.
+        null_values: ``ingest.null_values``.
+    """
+    parts: list[DataFrame] = []
+    specs = [
+        (s.read_spec(lay, encoding=encoding, null_values=null_values), is_local(s.path))
+        for s, lay in zip(sources, layouts, strict=True)
+        if s.format != "parquet"
+    ]
+    for local in (True, False):
+        chosen = [spec for spec, here in specs if here == local]
+        if chosen:
+            parts.append(R.text_records(spark, chosen, local=local))
+    for s, lay in zip(sources, layouts, strict=True):
+        if s.format == "parquet":
+            parts.append(
+                R.parquet_records(
+                    R.parquet_frame(spark, s.path),
+                    s.source_file,
+                    sources=[lay.columns.get(c) for c in S.CANONICAL_COLUMNS],
+                    constants=[lay.constants.get(c) for c in S.CANONICAL_COLUMNS],
+                    null_values=null_values,
+                )
+            )
+    return reduce(DataFrame.unionByName, parts)
+
+
+@contextmanager
+def _nanosecond_parquet(spark: SparkSession) -> Iterator[None]:
+    before = spark.conf.get(_NANOS_AS_LONG, "false")
+    spark.conf.set(_NANOS_AS_LONG, "true")
+    try:
+        yield
+    finally:
+        spark.conf.set(_NANOS_AS_LONG, before or "false")
+
+
+def _replace_condition(sources: list[SourceFile]) -> str:
+    """Rows of these files: each path, and every sheet of each workbook (even one since
+    removed from it)."""
+
+    def sql(value: str) -> str:
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    paths = sorted({s.path for s in sources if s.format != "xlsx"})
+    books = sorted({s.source_file.rsplit("#", 1)[0] for s in sources if s.format == "xlsx"})
+    terms = [f"{S.SOURCE_FILE} IN ({', '.join(sql(p) for p in paths)})"] if paths else []
+    terms += [f"startswith({S.SOURCE_FILE}, {sql(b + '#')})" for b in books]
+    return " OR ".join(terms)
+
+
+def run(settings: Settings, spark: SparkSession, *, source: str | None = None) -> IngestResult:
+    """Ingest a file or folder into bronze; see the module docstring.
+
+    Args:
+        settings: ``settings.ingest`` says how to read; the source defaults to the generated data.
+        spark: The session.
+        source: A file or folder; overrides ``settings.ingest.source``.
+
+    Raises:
+        InputError: No files, an unsupported or unreadable file, a file missing a column of
+            its layout, a file whose day/month order cannot be decided. Nothing is written
+            in that case.
+    """
+    cfg = settings.ingest
+    location = source or cfg.source or f"{settings.path(settings.data_dir)}/transactions"
+    location = settings.path(location)
+    with _nanosecond_parquet(spark):
+        return _ingest(settings, spark, list_source_files(spark, location), location)
+
+
+def _ingest(
+    settings: Settings, spark: SparkSession, listing: SourceListing, location: str
+) -> IngestResult:
+    cfg = settings.ingest
+    # Check every file before writing anything, so a bad file leaves the tables untouched.
+    sources = [s for path in listing.files for s in inspect(spark, path, cfg)]
+    mapping = cfg.column_mapping or None
+    layouts = [detect_layout(s.columns, source=s.source_file, mapping=mapping) for s in sources]
+
+    # Read once: the format statistics, the counts and both writes all use these records.
+    records = read_records(
+        spark, sources, layouts, encoding=cfg.encoding, null_values=cfg.null_values
+    ).persist()
+    rows: DataFrame | None = None
+    try:
+        decisions = C.decide_formats(
+            [r.asDict() for r in C.format_stats(records).collect()],
+            names={
+                s.source_file: lay.columns.get(S.EVENT_TIME, S.EVENT_TIME)
+                for s, lay in zip(sources, layouts, strict=True)
+            },
+            decimal=cfg.decimal,
+            explicit_formats=bool(cfg.timestamp_formats),
+        )
+        batch_id = uuid.uuid4().hex
+        rows = (
+            C.to_canonical(
+                records,
+                C.file_facts(
+                    spark,
+                    {s.source_file: lay for s, lay in zip(sources, layouts, strict=True)},
+                    decisions,
+                ),
+                timestamp_formats=cfg.timestamp_formats,
+            )
+            .withColumn(S.INGESTED_AT, F.current_timestamp())
+            .withColumn(S.BATCH_ID, F.lit(batch_id))
+            .persist()
+        )
+        reason_head = F.regexp_extract(F.col(S.REASON), r"^([^(]*?)\s*(\(|$)", 1)
+        counts = {
+            (r["reason"] or ""): int(r["count"])
+            for r in rows.groupBy(reason_head.alias("reason")).count().collect()
+        }
+        records.unpersist()
+        input_rows = sum(counts.values())
+        if input_rows == 0:
+            raise InputError(f"{location}: no data rows (only headers or blank lines)")
+        condition = _replace_condition(sources)
+        lake = Lakehouse(settings, spark)
+        good = rows.where(F.col(S.REASON).isNull()).drop(S.REASON, S.RAW)
+        bad = rows.where(F.col(S.REASON).isNotNull()).select(
+            S.RAW, S.REASON, S.SOURCE_FILE, S.SOURCE_LAYOUT, S.INGESTED_AT, S.BATCH_ID
+        )
+        lake.replace_where("bronze.transactions", good, condition)
+        lake.replace_where("bronze.quarantine", bad, condition)
+    finally:
+        records.unpersist()
+        if rows is not None:
+            rows.unpersist()
+    quarantined = {k: v for k, v in counts.items() if k}
+    return IngestResult(
+        files=len(listing.files),
+        input_rows=input_rows,
+        bronze_rows=counts.get("", 0),
+        quarantine_rows=sum(quarantined.values()),
+        reasons=dict(sorted(quarantined.items(), key=lambda kv: -kv[1])),
+        batch_id=batch_id,
+        skipped=listing.skipped,
+        decided={d.source_file: d.describe() for d in decisions if d.describe()},
+    )
