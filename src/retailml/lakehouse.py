@@ -168,8 +168,9 @@ class Lakehouse:
         return int(row["version"]) if row else None
 
     def overwrite(self, name: str, df: DataFrame) -> None:
-        """Replace the whole table with ``df`` in one atomic commit."""
-        self._write(name, df, mode="overwrite")
+        """Replace the whole table with ``df`` in one atomic commit (its schema too, so a table
+        written by an earlier version of the schema is replaced, not refused)."""
+        self._write(name, df, mode="overwrite", options={"overwriteSchema": "true"})
 
     def replace_where(self, name: str, df: DataFrame, condition: str) -> None:
         """Replace exactly the rows matching ``condition`` with ``df`` (one atomic commit).

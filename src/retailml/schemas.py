@@ -43,6 +43,10 @@ AMOUNT = "amount"
 EVENT_DATE = "event_date"
 IS_RETURN = "is_return"
 IS_GUEST = "is_guest"
+# What a line is: merchandise ("product"), or postage, a fee, a discount, an adjustment… Only
+# product lines are products; every kind counts in revenue and a customer's spend.
+LINE_KIND = "line_kind"
+PRODUCT_LINE = "product"
 
 # Event types in silver.transactions. Retail sources have purchases and returns; e-commerce
 # event logs add views and cart events, which features may use.
@@ -111,6 +115,7 @@ SILVER_TRANSACTIONS = _fields(
     (EVENT_TIME, TimestampType(), False),
     (EVENT_DATE, DateType(), False),
     (EVENT_TYPE, StringType(), False),
+    (LINE_KIND, StringType(), False),
     (IS_RETURN, BooleanType(), False),
     (IS_GUEST, BooleanType(), False),
     (COUNTRY, StringType(), True),

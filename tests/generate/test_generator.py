@@ -104,7 +104,7 @@ def test_monthly_files_with_the_uci_layout(clean: GenerateSummary) -> None:
     rows = _rows(clean)
     assert [r for r in rows if _problem(r)] == []
     assert any("," in r[2] for r in rows), "a quoted description with a comma"
-    assert all(re.fullmatch(r"C?\d{6}", r[0]) for r in rows)
+    assert all(re.fullmatch(r"[CA]?\d{6}", r[0]) for r in rows)
     assert all(re.fullmatch(r"\d{5}\.0|", r[6]) for r in rows)
     hours = {int(r[4][11:13]) for r in rows}
     assert min(hours) >= 7 and max(hours) < 20
@@ -113,7 +113,7 @@ def test_monthly_files_with_the_uci_layout(clean: GenerateSummary) -> None:
 def test_invoices_are_numbered_in_time_order(clean: GenerateSummary) -> None:
     when: dict[int, str] = {}
     for row in _rows(clean):
-        when.setdefault(int(row[0].lstrip("C")), row[4])
+        when.setdefault(int(row[0].lstrip("CA")), row[4])
     numbers = sorted(when)
     assert numbers == list(range(489434, 489434 + len(numbers)))
     assert len(numbers) == clean.invoices
@@ -149,6 +149,8 @@ def test_returns_cancel_an_earlier_purchase_of_the_same_customer(clean: Generate
     bought: dict[tuple[str, str], list[datetime]] = defaultdict(list)
     returns = 0
     for row in _rows(clean):  # files and lines are in time order
+        if row[1] in SERVICE_CODES:  # a discount's cancellation invoice cancels no purchase
+            continue
         when = datetime.strptime(row[4], "%Y-%m-%d %H:%M:%S")
         key = (row[6], row[1])
         if row[0].startswith("C"):
@@ -161,6 +163,27 @@ def test_returns_cancel_an_earlier_purchase_of_the_same_customer(clean: Generate
             assert int(row[3]) > 0
             bought[key].append(when)
     assert returns > 0
+
+
+SERVICE_CODES = {"POST", "DOT", "M", "D", "BANK CHARGES", "B"}
+
+
+def test_lines_that_are_not_merchandise_as_in_the_uci_data(clean: GenerateSummary) -> None:
+    rows = _rows(clean)
+    service = [r for r in rows if r[1] in SERVICE_CODES]
+    assert clean.service_lines == len(service) > 0
+    by_invoice: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        by_invoice[r[0]].add(r[1])
+    abroad = {r[0] for r in rows if r[6] and r[7] != "United Kingdom" and r[0][0].isdigit()}
+    posted = sum("POST" in by_invoice[i] for i in abroad)
+    assert posted > 0.7 * len(abroad)  # postage on most invoices sent abroad
+    assert all(r[7] != "United Kingdom" for r in rows if r[1] == "POST")
+    assert all(r[0].startswith("C") and int(r[3]) < 0 for r in rows if r[1] == "D")
+    assert all(r[0].startswith("A") and r[6] == "" for r in rows if r[1] == "B")
+    # The merchandise lines are the same with or without them (their own random stream).
+    products = [r for r in rows if r[1] not in SERVICE_CODES]
+    assert len(products) == clean.lines - clean.service_lines
 
 
 def test_guests_have_no_customer_id(clean: GenerateSummary, tmp_path: Path) -> None:

@@ -25,9 +25,12 @@ T0 = datetime(2011, 1, 1)
 
 
 def transactions(
-    spark: SparkSession, rows: list[tuple[str, str | None, str, float, date]]
+    spark: SparkSession,
+    rows: list[tuple[str, str | None, str, float, date]],
+    line_kinds: dict[str, str] | None = None,
 ) -> DataFrame:
-    """silver.transactions rows from (id, invoice, event type, amount, date)."""
+    """silver.transactions rows from (id, invoice, event type, amount, date); every line a
+    product unless ``line_kinds`` (id → kind) says otherwise."""
     full = [
         (
             tid,
@@ -42,6 +45,7 @@ def transactions(
             datetime.combine(day, datetime.min.time()),
             day,
             kind,
+            (line_kinds or {}).get(tid, S.PRODUCT_LINE),
             kind == S.RETURN,
             False,
             "UK",
@@ -70,6 +74,25 @@ def test_weekly_sales_split_purchases_and_returns_and_fill_empty_weeks(spark: Sp
         D.Week(date(2011, 1, 17), 7.0, 1, 0.0, 0),
     ]
     assert report.weekly_sales(df, max_weeks=1) == [D.Week(date(2011, 1, 17), 7.0, 1, 0.0, 0)]
+
+
+def test_line_kinds_products_first_with_revenue(spark: SparkSession) -> None:
+    df = transactions(
+        spark,
+        [
+            ("t1", "A", S.PURCHASE, 10.0, date(2011, 1, 3)),
+            ("t2", "A", S.PURCHASE, 18.0, date(2011, 1, 3)),
+            ("t3", "B", S.PURCHASE, 18.0, date(2011, 1, 4)),
+            ("t4", "C", S.PURCHASE, -5.0, date(2011, 1, 4)),
+            ("t5", "V", S.VIEW, 0.0, date(2011, 1, 12)),  # not a line of a sale
+        ],
+        line_kinds={"t2": "postage", "t3": "postage", "t4": "discount"},
+    )
+    assert report.line_kinds(df) == [
+        D.LineKind("product", 1, 10.0, 1),
+        D.LineKind("postage", 2, 36.0, 1),
+        D.LineKind("discount", 1, -5.0, 1),
+    ]
 
 
 def test_score_histogram_of_the_latest_as_of_date(spark: SparkSession) -> None:
@@ -282,7 +305,7 @@ def test_report_on_an_empty_lake_notes_every_missing_source(
     for task in ("ingest", "clean", "train", "score", "recommend"):
         assert f"run <code>retailml task {task}</code>" in html
     assert html.count("not written") == len(TABLES)
-    assert result.headline() == "out/r-empty/index.html, 0 plots, 8 sections not available"
+    assert result.headline() == "out/r-empty/index.html, 0 plots, 9 sections not available"
     assert result.summary()[0] == f"report: {result.path}"
 
     # Logged to MLflow, and a retried attempt logs to the same run.

@@ -82,6 +82,11 @@ def full_data() -> D.ReportData:
             D.TableCount("gold.recommendations", "recommend", "top-k lists", None),
         ],
         quarantine={HOSTILE: 7, "Price: negative": 5},
+        line_kinds=[
+            D.LineKind("product", 9_000, 52_000.0, 180),
+            D.LineKind("postage", 206, 3_708.0, 31),
+            D.LineKind("discount", 3, -42.5, 3),
+        ],
         sales=[
             D.Week(start + timedelta(days=7 * i), 1000.0 + 50 * i, 40 + i, 20.0, 2)
             for i in range(30)
@@ -204,6 +209,8 @@ def test_content_of_the_sections(rendered: Rendered) -> None:
     assert "WHITE MUG" in html and "No recommendations for this customer." in html
     assert 'class="status-failed"' in html and "ValueError: " in html
     assert "in run 20111209-060000-cd34" in html  # a task of the run this one resumed
+    assert "the 209 lines of other kinds (postage, fees, discounts…) were set aside" in html
+    assert '<td>postage</td><td class="n">206</td><td class="n">3,708.00</td>' in html
 
 
 def test_plotting_leaves_no_pyplot_figures_open() -> None:

@@ -6,7 +6,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from retailml import schemas as S
 from retailml.lakehouse import Lakehouse
-from retailml.settings import Settings
+from retailml.settings import LineKindRule, Settings
 from retailml.stages import clean
 
 T0 = datetime(2010, 1, 4, 10, 0)
@@ -83,6 +83,50 @@ def test_products_and_customers(spark: SparkSession) -> None:
     assert customers["c2"].country == "FR"  # the most frequent country
 
 
+SERVICE = [
+    ("7", "c3", "p1", "MUG", 1, 1.5, T0, "FR", "a.csv"),
+    ("7", "c3", "POST", "POSTAGE", 2, 18.0, T0, "FR", "a.csv"),
+    ("8", None, "DOT", "DOTCOM POSTAGE", 1, 7.5, T0, "UK", "a.csv"),
+    ("C9", "c3", "D", "Discount", -1, 5.0, T1, "FR", "a.csv"),  # a discount, not a return
+    ("C10", "c3", "M", "Manual", -1, 2.0, T1, "FR", "a.csv"),  # a manual credit
+    ("11", "c3", "BANK CHARGES", "Bank Charges", 1, 15.0, T1, "FR", "a.csv"),
+    ("A12", None, "B", "Adjust bad debt", 1, 500.0, T2, "UK", "a.csv"),
+    ("13", "c3", "gift_0001_20", "Dotcomgiftshop Gift Voucher £20.00", 1, 17.0, T2, "FR", "a.csv"),
+    ("14", "c3", "X99", "CARRIAGE", 1, 50.0, T2, "FR", "a.csv"),  # by description only
+    ("15", "c3", "P42", "POSTAGE STAMP CUSHION", 1, 3.0, T2, "FR", "a.csv"),  # a product
+]
+
+
+def test_line_kinds_are_not_products_but_count_in_spend(spark: SparkSession) -> None:
+    silver = clean.clean_transactions(bronze(spark, SERVICE))
+    kinds = {
+        r.product_id: (r.line_kind, r.event_type, r.is_return, r.amount) for r in silver.collect()
+    }
+    assert kinds == {
+        "p1": ("product", S.PURCHASE, False, 1.5),
+        "POST": ("postage", S.PURCHASE, False, 36.0),
+        "DOT": ("postage", S.PURCHASE, False, 7.5),
+        "D": ("discount", S.PURCHASE, False, -5.0),
+        "M": ("manual", S.PURCHASE, False, -2.0),
+        "BANK CHARGES": ("fee", S.PURCHASE, False, 15.0),
+        "B": ("adjustment", S.PURCHASE, False, 500.0),
+        "gift_0001_20": ("voucher", S.PURCHASE, False, 17.0),
+        "X99": ("postage", S.PURCHASE, False, 50.0),
+        "P42": ("product", S.PURCHASE, False, 3.0),
+    }
+    assert {r.product_id for r in clean.build_products(silver).collect()} == {"p1", "P42"}
+    [c3] = clean.build_customers(silver).collect()
+    assert (c3.invoices, c3.purchase_lines, c3.return_lines, c3.distinct_products) == (2, 2, 0, 2)
+    assert c3.total_spent == 1.5 + 36.0 - 5.0 - 2.0 + 15.0 + 17.0 + 50.0 + 3.0
+    # The rules are settings: a shop whose code for postage is SHIP.
+    rules = [LineKindRule(kind="postage", codes=["ship"])]
+    custom = clean.clean_transactions(
+        bronze(spark, [("1", "c1", "SHIP", "Shipping", 1, 4.0, T0, "UK", "a.csv")]),
+        line_kinds=rules,
+    )
+    assert custom.first().line_kind == "postage"
+
+
 def test_most_frequent_breaks_ties_by_the_smallest_value_and_ignores_nulls(
     spark: SparkSession,
 ) -> None:
@@ -109,3 +153,12 @@ def test_run_is_idempotent(settings: Settings, spark: SparkSession) -> None:
     assert first.duplicates_dropped == 1 and first.returns == 1 and first.guest_rows == 1
     for name, rows in snapshot.items():
         assert sorted(lake.read(name).collect()) == rows
+
+
+def test_run_reports_lines_and_revenue_per_kind(settings: Settings, spark: SparkSession) -> None:
+    Lakehouse(settings, spark).overwrite("bronze.transactions", bronze(spark, ROWS + SERVICE))
+    result = clean.run(settings, spark)
+    assert result.kinds["postage"] == clean.KindTotals(3, 36.0 + 7.5 + 50.0)
+    assert result.kinds["discount"] == clean.KindTotals(1, -5.0)
+    assert "8 non-product lines" in result.headline()
+    assert any(line.split()[:2] == ["postage", "3"] for line in result.summary())

@@ -31,9 +31,11 @@ def ev(
     qty: int = 1,
     price: float = 1.0,
     kind: str = S.PURCHASE,
+    line_kind: str = S.PRODUCT_LINE,
 ) -> dict[str, Any]:
     """One silver.transactions row; returns have a negative quantity and amount."""
     return {
+        "line_kind": line_kind,
         "invoice": invoice,
         "customer": customer,
         "product": product,
@@ -60,6 +62,7 @@ def transactions(spark: SparkSession, events: list[dict[str, Any]]) -> DataFrame
             e["when"],
             e["when"].date(),
             e["kind"],
+            e["line_kind"],
             e["kind"] == S.RETURN,
             e["customer"] is None,
             "UK",
@@ -241,6 +244,29 @@ def test_label_window_is_from_cutoff_to_horizon(spark: SparkSession) -> None:
     labels = {c: r[S.LABEL] for c, r in rows.items()}
     assert labels == {"at_t": 1, "at_end": 0, "before_end": 1, "before_t": 0, "no_buy": 0}
     assert rows["before_t"]["recency_days"] == 1.0  # the last second before T is a feature
+
+
+def test_lines_that_are_not_products_count_in_spend_only(spark: SparkSession) -> None:
+    early = at(2010, 6, 1)
+    cutoff = datetime(T.year, T.month, T.day, tzinfo=UTC)
+    base = [ev("a", early, invoice="i1", product="p1", price=10.0)]
+    service = [
+        ev("a", early, invoice="i1", product="POST", price=18.0, line_kind="postage"),
+        ev("a", early + timedelta(days=3), invoice="i2", product="BANK CHARGES", price=15.0, line_kind="fee"),
+        ev("a", early + timedelta(days=4), invoice="C3", product="D", qty=-1, price=5.0, line_kind="discount"),
+        # Only postage in the label window is not a purchase.
+        ev("a", cutoff + timedelta(days=1), invoice="i4", product="POST", price=18.0, line_kind="postage"),
+    ]  # fmt: skip
+    plain = by_customer(
+        features.build_features(transactions(spark, base), [T], horizon_days=HORIZON)
+    )
+    mixed = by_customer(
+        features.build_features(transactions(spark, base + service), [T], horizon_days=HORIZON)
+    )
+    for name in ("frequency_all", "avg_basket_size", "distinct_products", "recency_days"):
+        assert mixed["a"][name] == plain["a"][name], name
+    assert mixed["a"]["monetary_all"] == 10.0 + 18.0 + 15.0 - 5.0
+    assert mixed["a"][S.LABEL] == plain["a"][S.LABEL] == 0
 
 
 def test_cutoffs_are_independent_and_keep_their_split(spark: SparkSession) -> None:

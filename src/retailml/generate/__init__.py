@@ -1,5 +1,5 @@
 """A synthetic retail world and its transactions, in the UCI Online Retail II CSV layout."""
 
-from retailml.generate.generator import GenerateSummary, generate
+from retailml.generate.generator import GENERATOR_VERSION, GenerateSummary, generate
 
-__all__ = ["GenerateSummary", "generate"]
+__all__ = ["GENERATOR_VERSION", "GenerateSummary", "generate"]

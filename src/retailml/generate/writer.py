@@ -7,6 +7,7 @@ held in memory, so the size of the output is bounded by disk, not RAM.
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,23 @@ HOURS_BETA = (2.2, 2.8)  # peak a little after noon
 MAX_RETURN_DELAY = 30
 PARTIAL_RETURN_P = 0.3
 
+# Lines that are not merchandise, as the UCI data has them (stock code, description):
+# postage on most invoices sent abroad, dotcom postage on web orders, and now and then a
+# manual line, a discount (a cancellation invoice of its own), bank charges and a bad-debt
+# adjustment (an "A" invoice without a customer).
+POSTAGE = ("POST", "POSTAGE")
+DOTCOM_POSTAGE = ("DOT", "DOTCOM POSTAGE")
+MANUAL = ("M", "Manual")
+DISCOUNT = ("D", "Discount")
+BANK_CHARGES = ("BANK CHARGES", "Bank Charges")
+BAD_DEBT = ("B", "Adjust bad debt")
+POSTAGE_ABROAD_P = 0.85  # of purchase invoices of customers outside the home country
+POSTAGE_CENTS = 1800  # per parcel
+DOTCOM_P = 0.5  # of the guests' home-country invoices
+MANUAL_P = 0.003  # of purchase invoices
+# Expected invoices of their own per day.
+DISCOUNTS_PER_DAY, BANK_CHARGES_PER_DAY, BAD_DEBTS_PER_DAY = 0.15, 0.03, 0.005
+
 BAD_DATES = ("2010-13-45 25:61:00", "not a date")
 CORRUPTIONS = 6  # two bad dates, bad quantity, negative price, missing StockCode, truncated
 
@@ -68,6 +86,7 @@ class StreamCounts:
     lines: int
     malformed_lines: int
     invoices: int
+    service_lines: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -276,6 +295,83 @@ class _Formatter:
         return list(zip(*(c.tolist() for c in columns), strict=True))
 
 
+def _invoice_number(row: Sequence[str]) -> int:
+    return int(row[0].lstrip("CA"))
+
+
+def _service_rows(
+    rng: np.random.Generator,
+    formatter: _Formatter,
+    day: date,
+    lines: _Lines,
+    numbers: np.ndarray,
+    is_return: np.ndarray,
+    next_number: int,
+) -> tuple[list[tuple[str, ...]], int]:
+    """The day's lines that are not merchandise (see :data:`POSTAGE` and the rates below it).
+
+    Drawn from their own stream, so the merchandise lines do not depend on them.
+
+    Returns:
+        The rows (on the day's invoices, or on invoices of their own numbered from
+        ``next_number``), and how many invoices of their own they took.
+    """
+    n = lines.invoices
+    prefix = day.isoformat() + " "
+    customer = np.where(lines.customer < 0, formatter.guest, lines.customer)
+    draws = rng.random((3, n))
+
+    def row(
+        number: str, code: tuple[str, str], quantity: int, cents: int, i: int, minute: int = -1
+    ) -> tuple:
+        return (
+            number,
+            *code,
+            str(quantity),
+            prefix + formatter.clock[lines.minute[i] if minute < 0 else minute],
+            f"{cents / 100:.2f}",
+            formatter.customer[customer[i]],
+            formatter.country[lines.country[i]],
+        )
+
+    rows = []
+    buying = ~is_return
+    abroad = buying & (lines.customer >= 0) & (lines.country != 0)
+    parcels = rng.integers(1, 4, n)
+    for i in np.flatnonzero(abroad & (draws[0] < POSTAGE_ABROAD_P)).tolist():
+        rows.append(row(str(numbers[i]), POSTAGE, int(parcels[i]), POSTAGE_CENTS, i))
+    web = buying & (lines.customer < 0) & (lines.country == 0)
+    web_cents = rng.integers(100, 4000, n)
+    for i in np.flatnonzero(web & (draws[1] < DOTCOM_P)).tolist():
+        rows.append(row(str(numbers[i]), DOTCOM_POSTAGE, 1, int(web_cents[i]), i))
+    manual_cents = rng.integers(50, 5000, n)
+    for i in np.flatnonzero(buying & (draws[2] < MANUAL_P)).tolist():
+        rows.append(row(str(numbers[i]), MANUAL, 1, int(manual_cents[i]), i))
+
+    # Invoices of their own: a discount (a cancellation), bank charges, a bad-debt adjustment.
+    known = np.flatnonzero(buying & (lines.customer >= 0))
+    own = 0
+    for code, rate, prefix_letter, sign, low, high in (
+        (DISCOUNT, DISCOUNTS_PER_DAY, "C", -1, 500, 6000),
+        (BANK_CHARGES, BANK_CHARGES_PER_DAY, "", 1, 1500, 1501),
+        (BAD_DEBT, BAD_DEBTS_PER_DAY, "A", 1, 50000, 1200000),
+    ):
+        count = int(rng.poisson(rate))
+        picks = rng.integers(0, max(len(known), 1), count)
+        cents = rng.integers(low, high, count)
+        for k in range(count if len(known) else 0):
+            i = int(known[picks[k]])
+            number = f"{prefix_letter}{next_number + own}"
+            # Numbered after the day's invoices, so timed at closing: numbers follow the clock.
+            line = row(number, code, sign, int(cents[k]), i, minute=CLOSE_MINUTE - 1)
+            if code == BAD_DEBT:  # written off against no customer
+                line = (*line[:6], "", line[7])
+            rows.append(line)
+            own += 1
+    rows.sort(key=_invoice_number)
+    return rows, own
+
+
 def _corrupt(
     rng: np.random.Generator, rows: list[tuple[str, ...]], fraction: float
 ) -> tuple[int, dict[int, str]]:
@@ -330,6 +426,7 @@ def write_transactions(
     *,
     rng: np.random.Generator,
     corrupt_rng: np.random.Generator,
+    service_rng: np.random.Generator,
     guest_fraction: float,
     return_fraction: float,
     malformed_fraction: float,
@@ -344,6 +441,7 @@ def write_transactions(
         directory: The transactions folder (created if needed).
         rng: The stream's random generator (consumed in day order).
         corrupt_rng: A separate generator for malformed lines.
+        service_rng: A separate generator for the lines that are not merchandise.
         guest_fraction: Expected share of invoices without a customer.
         return_fraction: Share of customers' purchase lines returned later.
         malformed_fraction: Share of written lines that are corrupted.
@@ -358,7 +456,7 @@ def write_transactions(
     stream = _Stream(world, rng, guest_fraction=guest_fraction, return_fraction=return_fraction)
     formatter = _Formatter(world)
     files: list[Path] = []
-    lines_written = malformed = invoices = 0
+    lines_written = malformed = invoices = service = 0
     next_number = FIRST_INVOICE
     fh: TextIO | None = None
     month: tuple[int, int] | None = None
@@ -397,12 +495,19 @@ def write_transactions(
             )
 
             rows = formatter.rows(day, lines, numbers, is_return)
+            extra, own = _service_rows(
+                service_rng, formatter, day, lines, numbers, is_return, next_number
+            )
+            next_number += own
+            # Each extra line after its invoice's merchandise (the rows are in invoice order).
+            rows = list(heapq.merge(rows, extra, key=_invoice_number))
             corrupted, truncated = _corrupt(corrupt_rng, rows, malformed_fraction)
             _write_rows(fh, writer.writerows, rows, truncated)
             malformed += corrupted
             lines_written += len(rows)
-            invoices += lines.invoices
+            invoices += lines.invoices + own
+            service += len(extra)
     finally:
         if fh is not None:
             fh.close()
-    return StreamCounts(tuple(sorted(files)), lines_written, malformed, invoices)
+    return StreamCounts(tuple(sorted(files)), lines_written, malformed, invoices, service)

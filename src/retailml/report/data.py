@@ -15,6 +15,7 @@ from datetime import date, datetime
 # Section keys, in page order. Each is a field of ReportData (None when not available).
 TABLES = "tables"
 QUARANTINE = "quarantine"
+LINE_KINDS = "line_kinds"
 SALES = "sales"
 MODELS = "models"
 SCORES = "scores"
@@ -25,6 +26,7 @@ TASKS = "tasks"
 SECTIONS = (
     TABLES,
     QUARANTINE,
+    LINE_KINDS,
     SALES,
     MODELS,
     SCORES,
@@ -36,6 +38,7 @@ SECTIONS = (
 TITLES = {
     TABLES: "Tables",
     QUARANTINE: "Quarantine",
+    LINE_KINDS: "Line kinds",
     SALES: "Sales over time",
     MODELS: "Propensity models",
     SCORES: "Scores",
@@ -58,6 +61,16 @@ class TableCount:
     @property
     def layer(self) -> str:
         return self.name.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class LineKind:
+    """The lines of one kind in silver.transactions (product, postage, fee, discount…)."""
+
+    kind: str
+    lines: int
+    revenue: float  # purchases and credits of the kind (credits negative), returns included
+    customers: int  # distinct known customers with such a line
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,7 @@ class ReportData:
     champions: dict[str, str] = field(default_factory=dict)  # model name → "version 3 (…)"
     tables: list[TableCount] | None = None
     quarantine: dict[str, int] | None = None  # reason → rows, largest first
+    line_kinds: list[LineKind] | None = None  # product first, then by lines
     sales: list[Week] | None = None
     models: ModelsSummary | None = None
     scores: ScoreHistogram | None = None

@@ -4,11 +4,20 @@
 Rules, in the order they apply:
 
 - exact duplicates (same invoice, customer, product, quantity, price, time and event type, from
-  any file) collapse into one row; the earliest ``source_file`` is kept;
+  any file — the two sheets of the UCI workbook overlap in December 2010) collapse into one
+  row; the earliest ``source_file`` is kept;
+- every line gets a **line kind** (:func:`line_kind`): ``product`` for merchandise, else the
+  kind of the first ``clean.line_kinds`` rule it matches — ``postage``, ``fee``, ``discount``,
+  ``manual``, ``adjustment``, ``voucher``, ``sample``, ``other`` by default, from the UCI
+  codes (``POST``, ``DOT``, ``M``, ``D``, ``BANK CHARGES``, ``A`` invoices…), with description
+  words only as a fallback. Such lines stay (they count in revenue and in a customer's spend)
+  but are never products: not in ``silver.products``, and no product statistic counts them;
 - a purchase row with a negative quantity, or from an invoice whose id starts with ``C`` (the UCI
-  convention for cancellations), is a **return**: ``event_type = 'return'``, ``is_return``, and a
-  negative quantity and amount. Returns are flagged, not netted away, so both the gross sales
-  and the return behaviour stay visible; a customer's ``total_spent`` is net of returns;
+  convention for cancellations), is a credit: negative quantity and amount. A credit of a
+  product is a **return**: ``event_type = 'return'``, ``is_return``. A credit of another kind
+  (a discount, a manual refund, refunded postage) is not a return: it keeps its event type and
+  lowers revenue. Returns are flagged, not netted away, so both the gross sales and the return
+  behaviour stay visible; a customer's ``total_spent`` is net of returns and credits;
 - rows without a customer id are **guest** purchases: kept (they count for product popularity)
   and marked ``is_guest``.
 
@@ -17,14 +26,15 @@ Every table is overwritten as a whole, so re-running gives identical tables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from retailml import schemas as S
 from retailml.lakehouse import Lakehouse
-from retailml.settings import Settings
+from retailml.settings import DEFAULT_LINE_KINDS, LineKindRule, Settings
 
 _BUSINESS_COLUMNS = (
     S.INVOICE_ID,
@@ -41,8 +51,17 @@ _BUSINESS_COLUMNS = (
 
 
 @dataclass(frozen=True)
+class KindTotals:
+    """Lines and revenue (sum of amounts, credits negative) of one line kind."""
+
+    lines: int
+    revenue: float
+
+
+@dataclass(frozen=True)
 class CleanResult:
-    """Row counts of the silver tables and how many bronze duplicates were dropped."""
+    """Row counts of the silver tables, how many bronze duplicates were dropped, and the lines
+    and revenue of each line kind."""
 
     bronze_rows: int
     transactions: int
@@ -51,28 +70,86 @@ class CleanResult:
     guest_rows: int
     products: int
     customers: int
+    kinds: dict[str, KindTotals] = field(default_factory=dict)
 
     def headline(self) -> str:
+        aside = sum(t.lines for k, t in self.kinds.items() if k != S.PRODUCT_LINE)
+        other = f", {aside:,} non-product lines" if aside else ""
         return (
             f"{self.transactions:,} transactions, {self.products:,} products, "
-            f"{self.customers:,} customers"
+            f"{self.customers:,} customers{other}"
         )
 
     def summary(self) -> list[str]:
-        return [
+        lines = [
             f"silver.transactions {self.transactions:,} (dropped {self.duplicates_dropped:,} "
             f"duplicates; {self.returns:,} returns, {self.guest_rows:,} guest rows), "
             f"silver.products {self.products:,}, silver.customers {self.customers:,}"
         ]
+        others = {k: t for k, t in self.kinds.items() if k != S.PRODUCT_LINE}
+        if others:
+            lines.append(
+                "  not products (kept in silver.transactions and revenue, never a product):"
+            )
+            lines += [
+                f"    {kind:<11} {t.lines:>9,} lines  revenue {t.revenue:>14,.2f}"
+                for kind, t in sorted(others.items(), key=lambda kv: -kv[1].lines)
+            ]
+        return lines
 
 
-def clean_transactions(bronze: DataFrame) -> DataFrame:
-    """Typed, de-duplicated transactions with returns and guests flagged (see module docstring)."""
-    deduped = bronze.groupBy(*_BUSINESS_COLUMNS).agg(F.min(S.SOURCE_FILE).alias(S.SOURCE_FILE))
-    is_return = (F.col(S.EVENT_TYPE) == S.PURCHASE) & (
+def line_kind(rules: Sequence[LineKindRule] = DEFAULT_LINE_KINDS) -> Column:
+    """Each line's kind: the first rule whose codes, code patterns or invoice patterns match,
+    else the first whose description patterns match, else ``product``. Case is ignored and
+    patterns match the whole value (see :class:`~retailml.settings.LineKindRule`)."""
+    code = F.upper(F.trim(F.col(S.PRODUCT_ID)))
+    invoice = F.coalesce(F.col(S.INVOICE_ID), F.lit(""))
+    name = F.coalesce(F.trim(F.col(S.PRODUCT_NAME)), F.lit(""))
+
+    def whole(patterns: Sequence[str]) -> str:
+        return "(?i)^(?:" + "|".join(f"(?:{p})" for p in patterns) + ")$"
+
+    kind: Column | None = None
+
+    def add(condition: Column, value: str) -> None:
+        nonlocal kind
+        kind = F.when(condition, F.lit(value)) if kind is None else kind.when(condition, value)
+
+    for rule in rules:
+        by_code = []
+        if rule.codes:
+            by_code.append(code.isin(*[c.strip().upper() for c in rule.codes]))
+        if rule.code_patterns:
+            by_code.append(F.col(S.PRODUCT_ID).rlike(whole(rule.code_patterns)))
+        if rule.invoice_patterns:
+            by_code.append(invoice.rlike(whole(rule.invoice_patterns)))
+        for condition in by_code:
+            add(condition, rule.kind)
+    for rule in rules:
+        if rule.descriptions:
+            add(name.rlike(whole(rule.descriptions)), rule.kind)
+    return F.lit(S.PRODUCT_LINE) if kind is None else kind.otherwise(S.PRODUCT_LINE)
+
+
+def _is_product() -> Column:
+    return F.col(S.LINE_KIND) == S.PRODUCT_LINE
+
+
+def clean_transactions(
+    bronze: DataFrame, *, line_kinds: Sequence[LineKindRule] = DEFAULT_LINE_KINDS
+) -> DataFrame:
+    """Typed, de-duplicated transactions with line kinds, returns and guests (see the module
+    docstring)."""
+    deduped = (
+        bronze.groupBy(*_BUSINESS_COLUMNS)
+        .agg(F.min(S.SOURCE_FILE).alias(S.SOURCE_FILE))
+        .withColumn(S.LINE_KIND, line_kind(line_kinds))
+    )
+    credit = (F.col(S.EVENT_TYPE) == S.PURCHASE) & (
         (F.col(S.QUANTITY) < 0) | F.coalesce(F.col(S.INVOICE_ID).startswith("C"), F.lit(False))
     )
-    quantity = F.when(is_return, -F.abs(F.col(S.QUANTITY))).otherwise(F.col(S.QUANTITY))
+    is_return = credit & _is_product()
+    quantity = F.when(credit, -F.abs(F.col(S.QUANTITY))).otherwise(F.col(S.QUANTITY))
     key = F.concat_ws(
         "\u0001", *[F.coalesce(F.col(c).cast("string"), F.lit("\u0000")) for c in _BUSINESS_COLUMNS]
     )
@@ -89,6 +166,7 @@ def clean_transactions(bronze: DataFrame) -> DataFrame:
         S.EVENT_TIME,
         F.to_date(S.EVENT_TIME).alias(S.EVENT_DATE),
         F.when(is_return, F.lit(S.RETURN)).otherwise(F.col(S.EVENT_TYPE)).alias(S.EVENT_TYPE),
+        S.LINE_KIND,
         is_return.alias(S.IS_RETURN),
         F.col(S.CUSTOMER_ID).isNull().alias(S.IS_GUEST),
         S.COUNTRY,
@@ -119,7 +197,9 @@ def most_frequent(df: DataFrame, key: str, column: str) -> DataFrame:
 
 
 def build_products(transactions: DataFrame) -> DataFrame:
-    """One row per product seen in any event: most frequent name and category, price stats."""
+    """One row per product seen in any event: most frequent name and category, price stats.
+    Lines of other kinds (postage, fees…) are not products and are left out."""
+    transactions = transactions.where(_is_product())
     purchase = F.col(S.EVENT_TYPE) == S.PURCHASE
 
     def when_purchase(column: str) -> F.Column:
@@ -143,8 +223,11 @@ def build_products(transactions: DataFrame) -> DataFrame:
 
 
 def build_customers(transactions: DataFrame) -> DataFrame:
-    """One row per known customer: country, first/last purchase, counts, net spend."""
-    purchase = F.col(S.EVENT_TYPE) == S.PURCHASE
+    """One row per known customer: country, first/last purchase, counts, net spend.
+
+    Purchases, invoices and products count product lines only (postage is not a purchase, a
+    bad-debt adjustment not an invoice of goods); ``total_spent`` counts every kind."""
+    purchase = (F.col(S.EVENT_TYPE) == S.PURCHASE) & _is_product()
     bought = F.col(S.EVENT_TYPE).isin(S.PURCHASE, S.RETURN)
     known = transactions.where(F.col(S.CUSTOMER_ID).isNotNull())
     stats = known.groupBy(S.CUSTOMER_ID).agg(
@@ -167,25 +250,39 @@ def run(settings: Settings, spark: SparkSession) -> CleanResult:
     """Rebuild the three silver tables from bronze (overwrite; idempotent)."""
     lake = Lakehouse(settings, spark)
     bronze = lake.read("bronze.transactions")
-    lake.overwrite("silver.transactions", clean_transactions(bronze))
+    lake.overwrite(
+        "silver.transactions", clean_transactions(bronze, line_kinds=settings.clean.line_kinds)
+    )
     # Build the dimensions from the table just written rather than re-running the de-duplication.
     silver = lake.read("silver.transactions")
     lake.overwrite("silver.products", build_products(silver))
     lake.overwrite("silver.customers", build_customers(silver))
 
-    stats = silver.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.count(F.when(F.col(S.IS_RETURN), 1)).alias("returns"),
-        F.count(F.when(F.col(S.IS_GUEST), 1)).alias("guests"),
-    ).first()
+    # One pass: per kind, its lines, revenue, returns and guest rows (a handful of rows).
+    per_kind = (
+        silver.groupBy(S.LINE_KIND)
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum(F.when(F.col(S.EVENT_TYPE).isin(S.PURCHASE, S.RETURN), F.col(S.AMOUNT))).alias(
+                "revenue"
+            ),
+            F.count(F.when(F.col(S.IS_RETURN), 1)).alias("returns"),
+            F.count(F.when(F.col(S.IS_GUEST), 1)).alias("guests"),
+        )
+        .collect()
+    )
+    rows = sum(int(r["rows"]) for r in per_kind)
     bronze_rows = bronze.count()
-    assert stats is not None
     return CleanResult(
         bronze_rows=bronze_rows,
-        transactions=int(stats["rows"]),
-        duplicates_dropped=bronze_rows - int(stats["rows"]),
-        returns=int(stats["returns"]),
-        guest_rows=int(stats["guests"]),
+        transactions=rows,
+        duplicates_dropped=bronze_rows - rows,
+        returns=sum(int(r["returns"]) for r in per_kind),
+        guest_rows=sum(int(r["guests"]) for r in per_kind),
         products=lake.read("silver.products").count(),
         customers=lake.read("silver.customers").count(),
+        kinds={
+            str(r[S.LINE_KIND]): KindTotals(int(r["rows"]), round(float(r["revenue"] or 0.0), 2))
+            for r in per_kind
+        },
     )

@@ -44,6 +44,7 @@ REQUIRED_COLUMNS = (
     S.AMOUNT,
     S.EVENT_TIME,
     S.EVENT_TYPE,
+    S.LINE_KIND,
 )
 
 # Columns of the intermediate summaries.
@@ -194,6 +195,9 @@ def summarise_history(transactions: DataFrame) -> CustomerHistory:
         raise ValueError(f"transactions: missing column(s) {', '.join(missing)}")
     kind = F.col(S.EVENT_TYPE)
     purchase = kind == S.PURCHASE
+    # Postage, fees, discounts… are no purchase (a customer did not buy when only a fee was
+    # charged) but count in what the customer spent.
+    bought = purchase & (F.col(S.LINE_KIND) == S.PRODUCT_LINE)
     events = transactions.where(
         F.col(S.CUSTOMER_ID).isNotNull() & kind.isin(S.PURCHASE, S.RETURN, S.VIEW, S.CART)
     ).select(*REQUIRED_COLUMNS, _utc_day(S.EVENT_TIME).alias(_DAY))
@@ -203,20 +207,20 @@ def summarise_history(transactions: DataFrame) -> CustomerHistory:
 
     daily = events.groupBy(S.CUSTOMER_ID, _DAY).agg(
         # An invoice lies within one day, so distinct invoices per day can be summed later.
-        F.count_distinct(
-            F.when(purchase, F.coalesce(F.col(S.INVOICE_ID), F.lit(_NO_INVOICE)))
-        ).alias(_INVOICES),
+        F.count_distinct(F.when(bought, F.coalesce(F.col(S.INVOICE_ID), F.lit(_NO_INVOICE)))).alias(
+            _INVOICES
+        ),
         # Integer cents make the sums exact and independent of the order Spark adds them in.
         F.coalesce(
             F.sum(F.when(purchase, F.round(F.col(S.AMOUNT) * 100).cast("long"))),
             F.lit(0).cast("long"),
         ).alias(_CENTS),
-        count(purchase).alias(_LINES),
+        count(bought).alias(_LINES),
         count(kind == S.RETURN).alias(_RETURNS),
         count(kind == S.VIEW).alias(_VIEWS),
         count(kind == S.CART).alias(_CARTS),
     )
-    purchases = events.where(purchase)
+    purchases = events.where(bought)
     products = purchases.groupBy(S.CUSTOMER_ID, S.PRODUCT_ID).agg(F.min(_DAY).alias(_FIRST_DAY))
     categories = (
         purchases.where(F.col(S.CATEGORY).isNotNull())

@@ -128,6 +128,30 @@ def quarantine_reasons(quarantine: DataFrame, *, top: int = MAX_REASONS) -> dict
     return reasons
 
 
+def line_kinds(transactions: DataFrame) -> list[D.LineKind]:
+    """Lines, revenue and customers per line kind (one row per kind), products first."""
+    rows = (
+        transactions.where(F.col(S.EVENT_TYPE).isin(S.PURCHASE, S.RETURN))
+        .groupBy(S.LINE_KIND)
+        .agg(
+            F.count(F.lit(1)).alias("lines"),
+            F.sum(S.AMOUNT).alias("revenue"),
+            F.countDistinct(S.CUSTOMER_ID).alias("customers"),
+        )
+        .collect()
+    )
+    kinds = [
+        D.LineKind(
+            str(r[S.LINE_KIND]),
+            int(r["lines"]),
+            round(float(r["revenue"] or 0.0), 2),
+            int(r["customers"]),
+        )
+        for r in rows
+    ]
+    return sorted(kinds, key=lambda k: (k.kind != S.PRODUCT_LINE, -k.lines, k.kind))
+
+
 def weekly_sales(transactions: DataFrame, *, max_weeks: int = MAX_WEEKS) -> list[D.Week]:
     """Revenue and orders of purchases, and returns apart, per week (the latest ``max_weeks``).
 
@@ -494,6 +518,7 @@ def gather(
         quarantine=section(
             D.QUARANTINE, lambda: quarantine_reasons(_table(lake, "bronze.quarantine"))
         ),
+        line_kinds=section(D.LINE_KINDS, lambda: line_kinds(_table(lake, "silver.transactions"))),
         sales=section(D.SALES, lambda: weekly_sales(_table(lake, "silver.transactions"))),
         models=section(D.MODELS, lambda: training_summary(client, settings)),
         scores=scores,

@@ -56,10 +56,14 @@ def generate_data(settings: Settings, *, out: Path | None = None, force: bool = 
     Returns:
         The generator's summary, or the stored one when reused.
     """
-    from retailml.generate import GenerateSummary, generate
+    from retailml.generate import GENERATOR_VERSION, GenerateSummary, generate
 
     folder = out or Path(settings.path(settings.data_dir))
-    params = {**settings.generate.model_dump(mode="json"), "seed": settings.seed}
+    params = {
+        **settings.generate.model_dump(mode="json"),
+        "seed": settings.seed,
+        "generator": GENERATOR_VERSION,
+    }
     marker = folder / "generated.json"
     if not force and marker.is_file():
         stored = json.loads(marker.read_text())
