@@ -57,7 +57,8 @@ def test_missing_source_is_one_line(in_tmp: Path, spark: SparkSession) -> None:
     assert lines[-1] == (
         f"Error: task ingest failed: {in_tmp.resolve()}/no/such/dir: no such file or folder"
     )
-    # A user's mistake is not retried: it would fail the same way.
+    # Printed once; a user's mistake is not retried: it would fail the same way.
+    assert result.output.count("no such file or folder") == 1
     assert "retrying" not in result.output
     assert not any("Traceback" in ln or "py4j" in ln for ln in lines)
 

@@ -177,6 +177,25 @@ def test_popularity_ranking(popular: DataFrame) -> None:
     assert ("UK", 1) in ranking and ranking[(None, 8)][1] == 0.0
 
 
+def test_lines_that_are_not_products_are_never_recommended_nor_popular(
+    spark: SparkSession,
+) -> None:
+    rows: list[Row] = []
+    for b in range(6):  # postage on every invoice: the most widely "bought" line
+        rows += [
+            (f"i{b}", f"u{b}", "POST", 1, "2011-03-01", "purchase", "FR"),
+            (f"i{b}", f"u{b}", f"p{b % 2}", 1, "2011-03-01", "purchase", "FR"),
+        ]
+    rows.append(("C9", "u1", "D", -1, "2011-03-02", "purchase", "FR"))  # a discount
+    transactions = silver(spark, rows)
+    ranking = recommend.popularity(
+        transactions, end=date(2011, 3, 10), days=30, min_country_products=1
+    )
+    assert {r.product_id for r in ranking.collect()} == {"p0", "p1"}
+    assert {r.product_id for r in recommend.interactions(transactions).collect()} == {"p0", "p1"}
+    assert {r.product_id for r in recommend.purchased(transactions).collect()} == {"p0", "p1"}
+
+
 def test_fill_gives_exactly_k_rows_als_first_then_popular(
     spark: SparkSession, popular: DataFrame
 ) -> None:
@@ -493,7 +512,7 @@ def test_run_tunes_on_a_sample_of_customers_above_the_setting(
 
 
 def test_too_little_history_is_a_clear_error(tmp_path: Path, spark: SparkSession) -> None:
-    settings = make_settings(tmp_path, **{"recommend.eval_days": 30})
+    settings = make_settings(tmp_path, **{"recommend.eval_days": 30, "recommend.k": 2})
     rows: list[Row] = [
         ("i1", "c1", "p1", 1, "2011-03-20", "purchase", "UK"),
         ("i2", "c2", "p2", 1, "2011-03-31", "purchase", "UK"),
@@ -504,6 +523,29 @@ def test_too_little_history_is_a_clear_error(tmp_path: Path, spark: SparkSession
         match="no purchases by known customers before the evaluation cutoff 2011-03-02",
     ):
         recommend.run(settings, spark)
+
+
+def test_a_one_product_shop_gets_popularity_without_tuning(
+    tmp_path: Path, spark: SparkSession
+) -> None:
+    settings = make_settings(tmp_path, **{"recommend.eval_days": 10})
+    rows: list[Row] = [
+        (f"i{c}", f"c{c}", "only", 1, f"2011-03-{c + 1:02d}", "purchase", "UK") for c in range(6)
+    ]
+    rows += [
+        (f"p{c}", f"c{c}", "POST", 1, f"2011-03-{c + 1:02d}", "purchase", "UK") for c in range(6)
+    ]
+    rows.append(("v1", "viewer", "only", 1, "2011-03-20", "view", "UK"))
+    lake = write_silver(settings, spark, rows)
+    result = recommend.run(settings, spark)
+    assert isinstance(result, recommend.PopularOnlyResult)
+    assert result.summary()[0].startswith(
+        "only 1 product(s) were ever bought, fewer than recommend.k = 5: ALS was not tuned"
+    )
+    got = by_customer(lake.read("gold.recommendations"))
+    # The buyers have bought the whole catalogue; the viewer gets it. Postage is never offered.
+    assert got == {"viewer": [(1, "only", S.SOURCE_POPULAR)]}
+    assert result.rows_written == 1 and "()" not in result.headline()
 
 
 def test_missing_columns_are_named(spark: SparkSession) -> None:

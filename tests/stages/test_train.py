@@ -167,3 +167,15 @@ def test_too_little_labelled_data_is_a_clear_error(tmp_path: Path, spark: SparkS
     )
     with pytest.raises(train.RetailmlError, match="not enough labelled data to train"):
         train.run(settings, spark)
+
+
+def test_labels_of_one_class_say_exactly_that() -> None:
+    with pytest.raises(
+        train.RetailmlError,
+        match=r"^all 1,200 training labels are 1: every customer bought within "
+        r"features\.horizon_days = 30 days .* shorten features\.horizon_days$",
+    ):
+        train.check_labels(1200, 1.0, 300, 0.4, horizon_days=30)
+    with pytest.raises(train.RetailmlError, match=r"^all 300 held-out labels are 0: .* lengthen"):
+        train.check_labels(1200, 0.3, 300, 0.0, horizon_days=30)
+    train.check_labels(1200, 0.3, 300, 0.2, horizon_days=30)  # both classes: fine

@@ -149,6 +149,40 @@ def test_a_failed_task_stops_its_dependents_but_not_other_branches() -> None:
     assert outcome.failed.error == "ValueError: c broke"  # one line
 
 
+def test_a_task_that_runs_when_all_is_done_runs_after_a_failure() -> None:
+    spec = {**SMALL, "tasks": [*SMALL["tasks"][:4], {**SMALL["tasks"][4], "run_if": "ALL_DONE"}]}
+    dag = parse(spec)
+    assert dag.task("e").run_if == "ALL_DONE" and dag.task("d").run_if == "ALL_SUCCESS"
+    calls: list[str] = []
+    outcome = runner(dag, tasks(calls, fail={"a": 1}), None).run("r1", dag.order())
+    status = {t.task: t.status for t in outcome.tasks}
+    assert status == {
+        "a": S.FAILED,
+        "b": S.UPSTREAM_FAILED,
+        "c": S.UPSTREAM_FAILED,
+        "d": S.UPSTREAM_FAILED,
+        "e": S.SUCCEEDED,  # the report of what failed
+    }
+    assert calls == ["a", "e"] and outcome.status == S.FAILED
+    with pytest.raises(
+        SettingsError, match="run_if 'SOMETIMES' is not one of ALL_SUCCESS, ALL_DONE"
+    ):
+        parse({"tasks": [{"task_key": "a", "run_if": "SOMETIMES"}]})
+
+
+def test_a_failure_is_printed_once() -> None:
+    lines: list[str] = []
+    dag = parse(SMALL)
+    r = Runner(dag, tasks([], fail={"c": 5, "d": 5}), history=None, echo=lines.append,
+               sleep=lambda s: None)  # fmt: skip
+    outcome = r.run("r1", dag.order())
+    table = "\n".join("  ".join(row) for row in outcome.table())
+    assert not any("c broke" in line for line in lines)  # live: that it failed, not why
+    assert "c broke" not in table and "(error below)" in table  # the final line says it
+    assert "ValueError: d broke" in table  # a second failure is shown where it is
+    assert outcome.failed is not None and outcome.failed.error == "ValueError: c broke"
+
+
 def test_a_task_that_fails_once_is_retried() -> None:
     calls: list[str] = []
     dag = parse(SMALL)

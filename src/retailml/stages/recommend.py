@@ -1,5 +1,9 @@
 """Recommend: implicit-feedback ALS on purchase history → ``gold.recommendations``.
 
+**Products only.** Lines that are not merchandise (``line_kind`` other than ``product``:
+postage, fees, discounts…) never enter the interactions, the popularity ranking, the
+evaluation truth or the catalogue size, so they are never recommended.
+
 **Interactions** (:func:`interactions`). Known customers' purchase and return lines (guests
 have no id to recommend to) become one row per customer and product with the rating
 ``log1p(purchase lines × share of the bought units that were kept)``: how often a customer
@@ -96,6 +100,7 @@ REQUIRED_COLUMNS = (
     S.QUANTITY,
     S.EVENT_DATE,
     S.EVENT_TYPE,
+    S.LINE_KIND,
     S.IS_GUEST,
     S.COUNTRY,
 )
@@ -143,8 +148,14 @@ def check_transactions(transactions: DataFrame) -> None:
         raise InputError(f"silver.transactions lacks column(s) {', '.join(missing)}")
 
 
+def _products(transactions: DataFrame) -> DataFrame:
+    """Product lines only: postage, fees, discounts… are never recommended, never popular and
+    never what a customer is measured against."""
+    return transactions.where(F.col(S.LINE_KIND) == S.PRODUCT_LINE)
+
+
 def _known(transactions: DataFrame) -> DataFrame:
-    return transactions.where(F.col(S.CUSTOMER_ID).isNotNull() & ~F.col(S.IS_GUEST))
+    return _products(transactions).where(F.col(S.CUSTOMER_ID).isNotNull() & ~F.col(S.IS_GUEST))
 
 
 def interactions(transactions: DataFrame) -> DataFrame:
@@ -504,7 +515,7 @@ def popularity(
         is the share of the recent buyers (of the country, or of all) who bought the product.
     """
     start = end - timedelta(days=days)
-    bought = transactions.where(
+    bought = _products(transactions).where(
         (F.col(S.EVENT_TYPE) == S.PURCHASE) & (F.col(S.EVENT_DATE) < F.lit(end))
     )
     buyer = F.coalesce(
@@ -694,7 +705,7 @@ def recommend_customers(
 
 
 def gold_rows(
-    recommendations: DataFrame, products: DataFrame, *, as_of: date, model_version: str
+    recommendations: DataFrame, products: DataFrame, *, as_of: date, model_version: str | None
 ) -> DataFrame:
     """``recommendations`` in the ``gold.recommendations`` schema, with product names."""
     names = products.select(S.PRODUCT_ID, S.PRODUCT_NAME)
@@ -705,7 +716,7 @@ def gold_rows(
         S.PRODUCT_NAME,
         S.SCORE_VALUE,
         S.SOURCE,
-        F.lit(model_version).alias(S.MODEL_VERSION),
+        F.lit(model_version).cast("string").alias(S.MODEL_VERSION),
         F.lit(as_of).cast("date").alias(S.AS_OF_DATE),
     )
 
@@ -848,7 +859,66 @@ class RecommendResult:
         ]
 
 
+@dataclass(frozen=True)
+class PopularOnlyResult:
+    """What was written when the catalogue is too small for collaborative filtering."""
+
+    as_of: date
+    k: int
+    products: int  # products ever bought
+    rows_written: int
+    customers: int
+    seconds: float
+
+    def headline(self) -> str:
+        return (
+            f"{self.rows_written:,} rows, popularity only: {self.products} product(s) bought, "
+            f"fewer than k = {self.k}"
+        )
+
+    def summary(self) -> list[str]:
+        return [
+            f"only {self.products} product(s) were ever bought, fewer than recommend.k = "
+            f"{self.k}: ALS was not tuned; every customer gets the popularity ranking",
+            f"gold.recommendations as of {self.as_of}: {self.rows_written:,} rows for "
+            f"{self.customers:,} customers (fewer than k each: the catalogue is that small)",
+        ]
+
+
 # --- the task --------------------------------------------------------------------------------
+
+
+def _popular_only(
+    lake: Lakehouse,
+    transactions: DataFrame,
+    customers: DataFrame,
+    products: DataFrame,
+    *,
+    as_of: date,
+    bought_products: int,
+    k: int,
+    popular_days: int,
+    exclude_purchased: bool,
+    started: float,
+) -> PopularOnlyResult:
+    """Recommendations from the popularity ranking alone (nothing for ALS to learn)."""
+    popular = popularity(transactions, end=as_of, days=popular_days, min_country_products=k)
+    bought = purchased(transactions) if exclude_purchased else None
+    recommendations = recommend_customers(customers, popular, k=k, bought=bought)
+    lake.replace_where(
+        "gold.recommendations",
+        gold_rows(recommendations, products, as_of=as_of, model_version=None),
+        f"{S.AS_OF_DATE} = '{as_of.isoformat()}'",
+    )
+    written = lake.read("gold.recommendations").where(F.col(S.AS_OF_DATE) == F.lit(as_of)).count()
+    return PopularOnlyResult(
+        as_of=as_of,
+        k=k,
+        products=bought_products,
+        rows_written=written,
+        customers=customers.count(),
+        seconds=time.monotonic() - started,
+    )
 
 
 def _pip_requirements() -> list[str]:
@@ -1043,8 +1113,12 @@ def _register_and_gate(
     return decision
 
 
-def run(settings: Settings, spark: SparkSession) -> RecommendResult:
+def run(settings: Settings, spark: SparkSession) -> RecommendResult | PopularOnlyResult:
     """Tune and evaluate ALS against popularity, register it, write ``gold.recommendations``.
+
+    With fewer products ever bought than ``k`` (or just one), there is nothing for ALS to
+    learn: the grid is skipped and every customer gets the popularity ranking (one line in the
+    summary says so).
 
     Raises:
         RetailmlError: No purchases by known customers, or none before the evaluation cutoff.
@@ -1063,6 +1137,21 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
         raise RetailmlError("silver.transactions is empty; run `retailml task clean` first")
     as_of: date = last_row["last"] + timedelta(days=1)
     cutoff = as_of - timedelta(days=cfg.eval_days)
+    # silver.products holds products only, one row each: a count of a small table.
+    bought_products = lake.read("silver.products").where(F.col("purchase_lines") > 0).count()
+    if bought_products < max(k, 2):
+        return _popular_only(
+            lake,
+            transactions,
+            customers,
+            products,
+            as_of=as_of,
+            bought_products=bought_products,
+            k=k,
+            popular_days=cfg.popular_days,
+            exclude_purchased=cfg.exclude_purchased,
+            started=started,
+        )
     tuned_mode = NEW if cfg.exclude_purchased else ALL
     blocks = als_blocks(spark)
 
@@ -1121,7 +1210,11 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult:
         assert repeat is not None
         repeat_share = int(repeat["repeats"]) / int(repeat["pairs"]) if repeat["pairs"] else 0.0
         catalog_size = max(
-            before.where(F.col(S.EVENT_TYPE) == S.PURCHASE).select(S.PRODUCT_ID).distinct().count(),
+            _products(before)
+            .where(F.col(S.EVENT_TYPE) == S.PURCHASE)
+            .select(S.PRODUCT_ID)
+            .distinct()
+            .count(),
             1,
         )
         popular_then = _persist(

@@ -373,6 +373,40 @@ def champion_metric(
     return binary_metrics(scored, label_col=S.LABEL, score_col=SCORE).roc_auc
 
 
+def check_labels(
+    train_rows: int,
+    train_rate: float,
+    holdout_rows: int,
+    holdout_rate: float,
+    *,
+    horizon_days: int,
+) -> None:
+    """Refuse, in one line that says exactly what is wrong, labels no classifier can learn
+    from or be measured on: no rows, or one class only.
+
+    Raises:
+        RetailmlError: The training or held-out rows are missing or all of one class.
+    """
+    if train_rows == 0 or holdout_rows == 0:
+        raise RetailmlError(
+            f"not enough labelled data to train: {train_rows:,} training rows, "
+            f"{holdout_rows:,} held-out rows; ingest more history, or lower "
+            f"features.train_cutoffs or features.horizon_days"
+        )
+    for split, rows, rate in (
+        ("training", train_rows, train_rate),
+        ("held-out", holdout_rows, holdout_rate),
+    ):
+        if rate in (0.0, 1.0):
+            every = "bought" if rate == 1.0 else "did not buy"
+            change = "shorten" if rate == 1.0 else "lengthen"
+            raise RetailmlError(
+                f"all {rows:,} {split} labels are {int(rate)}: every customer {every} within "
+                f"features.horizon_days = {horizon_days} days of the cutoff, and a propensity "
+                f"model needs buyers and non-buyers; {change} features.horizon_days"
+            )
+
+
 def run(settings: Settings, spark: SparkSession) -> TrainResult:
     """Train every configured family, pick the challenger, apply the champion gate."""
     lake = Lakehouse(settings, spark)
@@ -393,11 +427,14 @@ def run(settings: Settings, spark: SparkSession) -> TrainResult:
     train_rows = int(splits[S.TRAIN]["n"]) if S.TRAIN in splits else 0
     train_rate = float(splits[S.TRAIN]["rate"] or 0.0) if S.TRAIN in splits else 0.0
     holdout_rows = int(splits[S.HOLDOUT]["n"]) if S.HOLDOUT in splits else 0
-    if train_rows == 0 or holdout_rows == 0 or train_rate in (0.0, 1.0):
-        raise RetailmlError(
-            f"not enough labelled data to train: {train_rows} training rows (positive rate "
-            f"{train_rate:.2f}), {holdout_rows} held-out rows; ingest more history"
-        )
+    holdout_rate = float(splits[S.HOLDOUT]["rate"] or 0.0) if S.HOLDOUT in splits else 0.0
+    check_labels(
+        train_rows,
+        train_rate,
+        holdout_rows,
+        holdout_rate,
+        horizon_days=settings.features.horizon_days,
+    )
     holdout_cutoff = splits[S.HOLDOUT]["cutoffs"][-1]
     train_cutoffs = list(splits[S.TRAIN]["cutoffs"])
     # Persist: every grid point and fold re-reads these rows.

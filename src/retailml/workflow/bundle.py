@@ -60,6 +60,7 @@ TASK_FIELDS = (
     "min_retry_interval_millis",
     "retry_on_timeout",
     "timeout_seconds",
+    "run_if",
 )
 
 # Job parameters: name → default. Experiments must be absolute workspace paths whose folder

@@ -19,6 +19,12 @@ import yaml
 from retailml.errors import SettingsError
 
 JOB_FILE = "job.yml"
+# The Databricks Jobs API's run_if conditions the local runner implements: run when every
+# dependency succeeded (the default), or when every dependency has ended, however it ended
+# (a report of what did succeed after a failure).
+ALL_SUCCESS = "ALL_SUCCESS"
+ALL_DONE = "ALL_DONE"
+RUN_IF = (ALL_SUCCESS, ALL_DONE)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class TaskSpec:
     retry_delay_s: float = 0.0
     retry_on_timeout: bool = False
     timeout_s: float = 0.0  # 0: no limit
+    run_if: str = ALL_SUCCESS
 
     @property
     def attempts(self) -> int:
@@ -120,11 +127,17 @@ def parse(spec: Mapping[str, Any], *, source: str = JOB_FILE) -> Dag:
                 retry_delay_s=int(t.get("min_retry_interval_millis", 0)) / 1000,
                 retry_on_timeout=bool(t.get("retry_on_timeout", False)),
                 timeout_s=float(t.get("timeout_seconds", 0)),
+                run_if=str(t.get("run_if", ALL_SUCCESS)),
             )
             for t in spec["tasks"]
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SettingsError(f"{source}: not a valid job definition ({exc!r})") from None
+    for t in tasks:
+        if t.run_if not in RUN_IF:
+            raise SettingsError(
+                f"{source}: task {t.key}: run_if {t.run_if!r} is not one of {', '.join(RUN_IF)}"
+            )
     return Dag(name=str(spec.get("name", "retailml")), tasks=tasks)
 
 

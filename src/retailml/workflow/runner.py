@@ -3,8 +3,9 @@
 Each task gets the attempts and timeout ``job.yml`` gives it; a :class:`RetailmlError` (bad
 input, a bad setting, a missing table) is not retried, since it would fail the same way. A task
 that finally fails marks every task downstream of it ``upstream_failed`` (they never start)
-while independent branches go on, as a Databricks job does. Every attempt is recorded in the
-run history as it ends.
+while independent branches go on, as a Databricks job does; a task with ``run_if: ALL_DONE``
+(the report) runs once its dependencies have ended, however they ended. Every attempt is
+recorded in the run history as it ends.
 
 A timeout cancels the task's Spark jobs: the attempt runs in a worker thread whose jobs carry a
 tag, and the runner interrupts that tag. Python code between Spark jobs cannot be interrupted;
@@ -27,7 +28,7 @@ from pyspark.sql import SparkSession
 from retailml import schemas as S
 from retailml.errors import RetailmlError
 from retailml.spark import spark_context
-from retailml.workflow.dag import Dag, TaskSpec
+from retailml.workflow.dag import ALL_DONE, Dag, TaskSpec
 from retailml.workflow.history import AttemptRecord, History, RunRecord, utcnow
 
 Echo = Callable[[str], Any]
@@ -65,11 +66,21 @@ class RunOutcome:
         return next((t for t in self.tasks if t.status in (S.FAILED, S.TIMED_OUT)), None)
 
     def table(self) -> list[tuple[str, ...]]:
-        """Rows of the end-of-run summary: task, status, attempts, duration, key outputs."""
+        """Rows of the end-of-run summary: task, status, attempts, duration, key outputs.
+
+        The first failed task's error is left to the run's final line (so a failure is
+        printed once); other failed tasks show theirs here.
+        """
         rows: list[tuple[str, ...]] = [("task", "status", "attempts", "seconds", "outputs")]
+        first = self.failed
         for t in self.tasks:
             seconds = f"{t.seconds:.1f}" if t.seconds is not None else "-"
-            detail = t.headline if t.status == S.SUCCEEDED else (t.error or "")
+            if t.status == S.SUCCEEDED:
+                detail = t.headline
+            elif t is first:
+                detail = "(error below)"
+            else:
+                detail = t.error or ""
             rows.append((t.task, t.status, str(t.attempts), seconds, detail))
         return rows
 
@@ -219,7 +230,7 @@ class Runner:
                     for d in spec.depends_on
                     if d in outcomes and outcomes[d].status != S.SUCCEEDED
                 ]
-                if blocked:
+                if blocked and spec.run_if != ALL_DONE:
                     outcomes[key] = self._skip(run_id, key, blocked)
                 else:
                     outcomes[key] = self._run_task(run_id, spec)
@@ -296,7 +307,8 @@ class Runner:
                 )
                 self.sleep(spec.retry_delay_s)
                 continue
-            self.progress.echo(f"✘ {spec.key} {status} after {attempt} attempt(s): {error}")
+            # The error itself is printed once, at the end of the run (see RunOutcome.table).
+            self.progress.echo(f"✘ {spec.key} {status} after {attempt} attempt(s)")
             return TaskOutcome(spec.key, status, attempt, seconds, error)
         raise AssertionError("unreachable: the last attempt returns")
 

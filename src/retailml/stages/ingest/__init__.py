@@ -97,7 +97,8 @@ class IngestResult:
         if self.skipped:
             names = ", ".join(p.rsplit("/", 1)[-1] for p in self.skipped[:5])
             more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
-            lines.append(f"  skipped {len(self.skipped)} files that are not data: {names}{more}")
+            what = "file that is" if len(self.skipped) == 1 else "files that are"
+            lines.append(f"  skipped {len(self.skipped)} {what} not data: {names}{more}")
         lines += [f"  read {path} with {how}" for path, how in self.decided.items()]
         return lines + [f"  quarantined {n:>8,}  {reason}" for reason, n in self.reasons.items()]
 
