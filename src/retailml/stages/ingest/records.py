@@ -29,6 +29,7 @@ constant), trimmed, and null when empty or one of the missing-value tokens.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime as dt
 import gc
@@ -424,18 +425,25 @@ def _closing(records: Iterator[Record], stream: IO[bytes]) -> Iterator[Record]:
 
 def record_batches(specs: list[ReadSpec], content: bytes | None = None) -> Iterator[Any]:
     """Arrow record batches of :data:`RECORDS_SCHEMA` for some sources (run in a worker)."""
-    # Records hold no reference cycles, so reference counting frees them; the cycle collector
-    # would only re-scan the millions of young lists (measured: 40% of the reading time).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        for spec in specs:
-            encoding, records = records_of(spec, content)
+    for spec in specs:
+        encoding, records = records_of(spec, content)
+        with _cycle_collector(on=spec.kind == "xlsx"):
             while batch := list(itertools.islice(records, BATCH_RECORDS)):
                 yield _batch(batch, spec, encoding or None)
+
+
+@contextlib.contextmanager
+def _cycle_collector(*, on: bool) -> Iterator[None]:
+    """CSV records hold no reference cycles: reference counting frees them, and the automatic
+    cycle collector would only re-scan the millions of young lists (40% of CSV reading time).
+    openpyxl leaves cycles behind, so for a workbook it stays on (measured on a 500k-row sheet:
+    292 MB peak without it, 207 MB with; collecting once a batch instead: 239 MB)."""
+    was = gc.isenabled()
+    gc.enable() if on else gc.disable()
+    try:
+        yield
     finally:
-        if collecting:
-            gc.enable()
+        gc.enable() if was else gc.disable()
 
 
 def _batch(batch: list[Record], spec: ReadSpec, encoding: str | None) -> Any:
