@@ -55,6 +55,9 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
+# The MLflow names only: a plain module, no mlflow import.
+from retailml.ml import names as N
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results.csv"
@@ -76,11 +79,11 @@ QUALITY = {
     "holdout_roc_auc": Quality(
         "retailml-propensity",
         "propensity ",
-        "challenger_holdout_roc_auc",
+        N.CHALLENGER_HOLDOUT_ROC_AUC,
         "held-out ROC-AUC of the champion challenger",
     ),
     "ndcg_at_k": Quality(
-        "retailml-recommendations", "recommend ", "tuned_ndcg_at_k", "NDCG@k of the tuned mode"
+        "retailml-recommendations", "recommend ", N.TUNED_NDCG, "NDCG@k of the tuned mode"
     ),
 }
 COLUMNS = (
@@ -406,9 +409,9 @@ def read_lake(folder: Path) -> tuple[str, list, dict[str, int]]:
     """The run's id and attempts from the run history, and every table's row count."""
     from retailml import schemas as S
     from retailml.lakehouse import TABLES, Lakehouse
+    from retailml.runlog import History
     from retailml.settings import load_settings
-    from retailml.workflow import session
-    from retailml.workflow.history import History
+    from retailml.spark import session
 
     settings = load_settings(
         project_dir=folder,
@@ -509,12 +512,12 @@ def _parent_metric(con: sqlite3.Connection, q: Quality) -> float | None:
         JOIN latest_metrics m ON m.run_uuid = r.run_uuid AND m.key = ?
         WHERE e.name = ? AND r.name LIKE ? AND r.lifecycle_stage = 'active'
           AND NOT EXISTS (
-            SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId'
+            SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ?
           )
         ORDER BY r.start_time DESC
         LIMIT 1
         """,
-        (q.metric, q.experiment, f"{q.run_name_prefix}%"),
+        (q.metric, q.experiment, f"{q.run_name_prefix}%", N.PARENT_RUN),
     ).fetchone()
     return None if row is None or row[1] else float(row[0])
 

@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import click
 
 from retailml.errors import RetailmlError
 from retailml.settings import Settings, load_settings
-from retailml.workflow import TASK_ORDER, echo_table
+from retailml.workflow import TASK_ORDER
 
 
 @dataclasses.dataclass
@@ -111,7 +112,7 @@ def cli(ctx: click.Context, config: Path | None, overrides: dict, debug: bool) -
 @pass_state
 def generate(state: _State, out: Path | None, seed: int | None, **sizes: Any) -> None:
     """Generate a synthetic retail data set (CSV, UCI Online Retail II layout)."""
-    from retailml.workflow import generate_data
+    from retailml.generate import generate_data
 
     overrides = {f"generate.{k}": v for k, v in sizes.items() if v is not None}
     settings = state.settings(**overrides, seed=seed)
@@ -139,15 +140,17 @@ def generate(state: _State, out: Path | None, seed: int | None, **sizes: Any) ->
 @pass_state
 def task(state: _State, name: str, source: str | None, run_id: str | None) -> None:
     """Run one workflow task (what each task of the Databricks job calls)."""
-    from retailml.workflow import run_task, run_workflow, session
-    from retailml.workflow.history import History
+    from retailml.runlog import History
+    from retailml.spark import session
+    from retailml.workflow import run_task, run_workflow
     from retailml.workflow.lock import RunLock
 
     settings = state.settings(**({"ingest.source": source} if source else {}))
     if run_id is None:
-        outcome = run_workflow(settings, only=(name,), echo=click.echo, debug=state.debug)
-        if outcome is not None and outcome.failed is not None:
-            failed = outcome.failed
+        result = run_workflow(settings, only=(name,), echo=click.echo, debug=state.debug)
+        _print_result(result)
+        if result is not None and result.outcome.failed is not None:
+            failed = result.outcome.failed
             raise click.ClickException(f"task {name} {failed.status}: {failed.error}")
         return
     # On Databricks the job owns concurrency (its tasks may run side by side on one driver);
@@ -189,11 +192,11 @@ def run(
     from retailml.workflow import run_workflow
 
     settings = state.settings(**({"ingest.source": source} if source else {}))
-    _check_outcome(
-        run_workflow(
-            settings, from_=from_, only=only, resume=resume, echo=click.echo, debug=state.debug
-        )
+    result = run_workflow(
+        settings, from_=from_, only=only, resume=resume, echo=click.echo, debug=state.debug
     )
+    _print_result(result)
+    _check_outcome(result.outcome if result is not None else None)
 
 
 @cli.command()
@@ -201,10 +204,10 @@ def run(
 @click.option("--limit", default=20, show_default=True, help="How many recent runs to list.")
 @pass_state
 def runs(state: _State, run_id: str | None, limit: int) -> None:
-    """List recent workflow runs, or show one run's task attempts."""
+    """List recent workflow runs, or show each task of one run with its last attempt."""
     from retailml import schemas as S
-    from retailml.workflow import session
-    from retailml.workflow.history import History
+    from retailml.runlog import History, timeline
+    from retailml.spark import session
     from retailml.workflow.lock import running_run
 
     settings = state.settings()
@@ -235,15 +238,17 @@ def runs(state: _State, run_id: str | None, limit: int) -> None:
                 return
             echo_table(rows, click.echo)
             return
-        attempts = history.attempts(run_id)
-        if not attempts:
-            history.run(run_id)  # raises the one-line "no workflow run" error
-        rows = [("task", "attempt", "status", "started (UTC)", "seconds", "error / output")]
-        for a in attempts:
-            started = f"{a.started_at:%H:%M:%S}" if a.started_at else "-"
-            seconds = f"{a.seconds:.1f}" if a.seconds is not None else "-"
-            detail = a.error or (a.outputs[0] if a.outputs else "")
-            rows.append((a.task, str(a.attempt), a.status, started, seconds, detail))
+        history.run(run_id)  # raises the one-line "no workflow run" error
+        entries, _ = timeline(history, run_id)
+        rows = [("task", "attempts", "status", "started (UTC)", "seconds", "error / output")]
+        for e in entries:
+            a = e.last
+            started = f"{a.started_at:%H:%M:%S}" if a and a.started_at else "-"
+            seconds = f"{a.seconds:.1f}" if a and a.seconds is not None else "-"
+            detail = (a.error or (a.outputs[0] if a.outputs else "")) if a else ""
+            if e.run_id != run_id:
+                detail = f"(in run {e.run_id}) {detail}".rstrip()
+            rows.append((e.task, str(e.attempts), e.status, started, seconds, detail))
         echo_table(rows, click.echo)
 
 
@@ -266,6 +271,33 @@ def bundle(state: _State, out: Path) -> None:
     click.echo(f"deploy with: cd {out} && databricks bundle deploy -t dev")
 
 
+def echo_table(rows: Sequence[Sequence[str]], echo: Callable[[str], Any] = click.echo) -> None:
+    """Print rows as aligned columns, the first row as a header with a rule under it."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            echo("  ".join("-" * w for w in widths))
+
+
+def _print_result(result: Any) -> None:
+    """The end of a run: the task table; the tables, MLflow store and report when it succeeded;
+    how it ended. A failure's error is left to the one-line error after this."""
+    if result is None:
+        return
+    outcome = result.outcome
+    echo_table(outcome.table())
+    if result.tables:
+        click.echo("tables:")
+        for t in result.tables:
+            click.echo(f"  {t.name:<25} {t.rows:>10,} rows  {t.location}")
+        uri = result.tracking_uri
+        click.echo(f"MLflow: {uri} (browse with `mlflow ui --backend-store-uri {uri}`)")
+        if result.report_path is not None:
+            click.echo(f"report: {result.report_path}")
+    click.echo(f"run {outcome.run_id} {outcome.status} in {outcome.seconds:.0f} s")
+
+
 def _check_outcome(outcome: Any) -> None:
     """Exit non-zero with the failed task and its reason when a run did not succeed."""
     from retailml import schemas as S
@@ -285,7 +317,7 @@ def _check_outcome(outcome: Any) -> None:
 def tables(state: _State) -> None:
     """List the tables: location, Delta version and row count."""
     from retailml.lakehouse import TABLES, Lakehouse
-    from retailml.workflow import session
+    from retailml.spark import session
 
     settings = state.settings()
     with session(settings) as spark:
@@ -312,7 +344,7 @@ def tables(state: _State) -> None:
 def customer(state: _State, customer_id: str) -> None:
     """Show a customer's purchase propensity and recommendations (from the gold tables)."""
     from retailml.lookup import customer_card
-    from retailml.workflow import session
+    from retailml.spark import session
 
     settings = state.settings()
     with session(settings) as spark:

@@ -257,6 +257,16 @@ class TrainSettings(_Section):
         "with about this many rows; the chosen point is refitted on all rows.",
     )
     parallelism: int = Field(1, ge=1, description="Grid points fitted in parallel.")
+    # The tuning grids, one list per hyperparameter (like the recommender's).
+    logistic_reg_params: list[float] = Field(
+        default_factory=lambda: [0.001, 0.01, 0.1], min_length=1
+    )
+    logistic_elastic_net_params: list[float] = Field(
+        default_factory=lambda: [0.0, 0.5], min_length=1
+    )
+    forest_num_trees: list[int] = Field(default_factory=lambda: [60, 150], min_length=1)
+    forest_max_depths: list[int] = Field(default_factory=lambda: [5, 9], min_length=1)
+    gbt_max_depths: list[int] = Field(default_factory=lambda: [3, 5], min_length=1)
     promotion_margin: float = Field(
         0.001, ge=0, description="ROC-AUC a challenger must gain over the champion."
     )

@@ -13,7 +13,8 @@ import re
 import shutil
 import subprocess
 import sys
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from importlib import resources
 from pathlib import Path
 
@@ -58,6 +59,19 @@ def build_session(settings: Settings) -> SparkSession:
     spark = SparkSession.builder.config(conf=conf).getOrCreate()
     spark.sparkContext.setLogLevel(s.log_level)
     return spark
+
+
+@contextmanager
+def session(settings: Settings) -> Iterator[SparkSession]:
+    """A SparkSession for the duration of a command, stopped afterwards."""
+    # A session that was already running (a notebook's, a test suite's) belongs to its owner.
+    owned = SparkSession.getActiveSession() is None and settings.spark.master != "existing"
+    spark = build_session(settings)
+    try:
+        yield spark
+    finally:
+        if owned:
+            spark.stop()
 
 
 def spark_context(spark: SparkSession) -> SparkContext | None:

@@ -14,11 +14,12 @@ from pyspark.sql import DataFrame, SparkSession
 
 from retailml import schemas as S
 from retailml.lakehouse import TABLES, Lakehouse
+from retailml.ml import names as N
 from retailml.ml import registry, tracking
 from retailml.report import data as D
+from retailml.runlog import AttemptRecord, History, RunRecord
 from retailml.settings import Settings
 from retailml.stages import report
-from retailml.workflow.history import AttemptRecord, History, RunRecord
 from tests.conftest import make_settings
 
 T0 = datetime(2011, 1, 1)
@@ -246,7 +247,9 @@ def test_training_summary_reads_the_newest_training(tmp_path: Path) -> None:
     version = mlflow.register_model(f"runs:/{lr}/model", settings.train.model_name).version
     client.set_registered_model_alias(settings.train.model_name, registry.CHAMPION, str(version))
 
-    models = report.training_summary(client, settings)
+    models = report.training_summary(
+        client, experiment=settings.train.experiment, model_name=settings.train.model_name
+    )
     assert models.run_id == parent and models.holdout_cutoff == "2011-11-10"
     assert [f.family for f in models.families] == ["logistic_regression", "random_forest"]
     first, second = models.families
@@ -255,9 +258,11 @@ def test_training_summary_reads_the_newest_training(tmp_path: Path) -> None:
     assert first.curves == points and first.importances == {"recency_days": -1.0}
     assert second.run_id == rf and second.curves is None and second.importances is None
     assert models.champion_note is None and models.featured == first
-    assert report.champions(client, settings) == {
-        "propensity model": f"{settings.train.model_name} version {version}"
-    }
+    assert report.champions(
+        client,
+        propensity=settings.train.model_name,
+        recommender=settings.recommend.model_name,
+    ) == {"propensity model": f"{settings.train.model_name} version {version}"}
 
 
 def test_ranking_summary_by_model_and_mode(tmp_path: Path) -> None:
@@ -278,7 +283,7 @@ def test_ranking_summary_by_model_and_mode(tmp_path: Path) -> None:
         metrics={**metrics, "repeat_share": 0.45},
         tags={"as_of_date": "2011-12-10"},
     )
-    ranking = report.ranking_summary(client, settings)
+    ranking = report.ranking_summary(client, experiment=settings.recommend.experiment)
     assert ranking.k == 5 and ranking.tuned_mode == "new" and ranking.repeat_share == 0.45
     assert list(ranking.metrics) == [
         ("als", "all"),
@@ -311,7 +316,7 @@ def test_report_on_an_empty_lake_notes_every_missing_source(
     # Logged to MLflow, and a retried attempt logs to the same run.
     client = MlflowClient()
     run = client.get_run(result.mlflow_run_id)  # type: ignore[arg-type]
-    assert run.info.run_name == "r-empty" and run.data.tags[report.TAG_WORKFLOW_RUN] == "r-empty"
+    assert run.info.run_name == "r-empty" and run.data.tags[N.WORKFLOW_RUN] == "r-empty"
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["index.html"]
     assert report.run(settings, spark, run_id="r-empty").mlflow_run_id == result.mlflow_run_id
 

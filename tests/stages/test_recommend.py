@@ -6,11 +6,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from mlflow.exceptions import MlflowException
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
@@ -400,7 +398,7 @@ def test_grid_jobs_run_in_threads_in_order_with_the_task_tag(spark: SparkSession
             return n, set(sc.getJobTags()), spark.range(n).count()
 
         jobs = [functools.partial(job, n) for n in (3, 1, 2)]
-        got: list[Any] = recommend._in_parallel(jobs, spark, parallelism=2)
+        got: list[Any] = recommend.in_parallel(jobs, spark, parallelism=2)
     finally:
         sc.removeJobTag(tag)
     assert [g[0] for g in got] == [3, 1, 2]
@@ -552,41 +550,3 @@ def test_missing_columns_are_named(spark: SparkSession) -> None:
     df = spark.createDataFrame([("c1", "p1")], "customer_id string, product_id string")
     with pytest.raises(InputError, match=r"silver\.transactions lacks column.*quantity"):
         recommend.check_transactions(df)
-
-
-class _Registry:
-    """Just enough of MlflowClient for champion_metric."""
-
-    def __init__(self, tags: dict[str, str] | None) -> None:
-        self.tags = tags
-
-    def get_model_version_by_alias(self, name: str, alias: str) -> SimpleNamespace:
-        if self.tags is None:
-            raise MlflowException("no alias")
-        return SimpleNamespace(version="3")
-
-    def get_model_version(self, name: str, version: str) -> SimpleNamespace:
-        return SimpleNamespace(tags=self.tags)
-
-
-def test_champion_metric_is_used_only_when_comparable() -> None:
-    tags = {
-        "eval_cutoff": "2011-03-18",
-        "eval_mode": "new",
-        "eval_k": "5",
-        "eval_ndcg_at_k": "0.25",
-    }
-    client: Any = _Registry(tags)
-    same = recommend.champion_metric(client, "m", cutoff=date(2011, 3, 18), mode="new", k=5)
-    assert same == ("3", 0.25, None)
-    # Another cutoff: the champion's final model has seen this window, so no comparison.
-    version, metric, why = recommend.champion_metric(
-        client, "m", cutoff=date(2011, 4, 1), mode="new", k=5
-    )
-    assert (version, metric) == ("3", None) and why is not None and "not comparable" in why
-    nobody: Any = _Registry(None)
-    assert recommend.champion_metric(nobody, "m", cutoff=date(2011, 4, 1), mode="new", k=5) == (
-        None,
-        None,
-        None,
-    )

@@ -15,10 +15,10 @@ from pyspark.sql import SparkSession
 
 from retailml import schemas as S
 from retailml.errors import SettingsError
+from retailml.runlog import History, new_run_id
 from retailml.settings import Settings
 from retailml.workflow import TASK_ORDER, selection
 from retailml.workflow.dag import Dag, TaskSpec, load_dag, parse
-from retailml.workflow.history import History, new_run_id
 from retailml.workflow.lock import RunLock, WorkflowBusyError, lock_path, running_run
 from retailml.workflow.runner import Runner
 

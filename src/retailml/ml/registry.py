@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from retailml.ml import names as N
+
 CHAMPION = "champion"
 
 
@@ -75,9 +77,9 @@ def apply_gate(
     if promoted:
         client.set_registered_model_alias(model_name, CHAMPION, challenger_version)
     client.set_model_version_tag(
-        model_name, challenger_version, "gate_decision", "promoted" if promoted else "kept champion"
+        model_name, challenger_version, N.GATE_DECISION, N.PROMOTED if promoted else N.KEPT
     )
-    client.set_model_version_tag(model_name, challenger_version, "gate_reason", reason)
+    client.set_model_version_tag(model_name, challenger_version, N.GATE_REASON, reason)
     return GateDecision(
         promoted,
         reason,

@@ -31,18 +31,17 @@ from pyspark.sql import functions as F
 from retailml import schemas as S
 from retailml.errors import RetailmlError
 from retailml.lakehouse import TABLES, Lakehouse
+from retailml.ml import names as N
 from retailml.ml import registry, tracking
 from retailml.report import data as D
 from retailml.report.render import render_html
-from retailml.settings import Settings
-from retailml.workflow.history import AttemptRecord, History, new_run_id, utcnow
+from retailml.runlog import History, new_run_id, timeline, utcnow
+from retailml.settings import RecommendSettings, Settings, TrainSettings
 
 SCORE_BINS = 20
 MAX_WEEKS = 520  # ten years of weekly sales
 MAX_REASONS = 12  # quarantine reasons shown; the rest are summed into one row
 TOP_BUYERS_SHOWN = 20
-TAG_WORKFLOW_RUN = "workflow_run_id"
-_PARENT = "mlflow.parentRunId"
 
 
 @dataclass(frozen=True)
@@ -276,56 +275,28 @@ def sample_recommendations(
     return [D.CustomerRecommendations(c, rank, items[c]) for c, rank in picked]
 
 
-MAX_RESUMES = 10  # how far back a chain of resumed runs is followed
-
-
 def task_timings(history: History, run_id: str) -> tuple[list[D.TaskTiming], str | None]:
-    """Each task of the run with its last attempt, in the run's task order; and the run status.
-
-    A task of the run without a recorded attempt is ``running`` if it is this report (its
-    attempt is recorded when it ends) and ``not run`` otherwise. A run that resumed another
-    re-ran only what had not succeeded there, so the tasks it did not cover are taken from the
-    run it resumed (and so on back), with that run's id in :attr:`TaskTiming.run_id`.
+    """Each task of the run with its last attempt (:func:`retailml.runlog.timeline`, the
+    account ``retailml runs RUN_ID`` shows too), and the run status.
 
     Raises:
         Unavailable: Nothing of the run is recorded.
     """
-    chain: list[tuple[str, tuple[str, ...], dict[str, list[AttemptRecord]]]] = []
-    status: str | None = None
-    current: str | None = run_id
-    while current is not None and len(chain) < MAX_RESUMES:
-        try:
-            record = history.run(current)
-        except RetailmlError:
-            record = None
-        attempts: dict[str, list[AttemptRecord]] = {}
-        for a in history.attempts(current):
-            attempts.setdefault(a.task, []).append(a)
-        chain.append((current, record.tasks if record else (), attempts))
-        if current == run_id:
-            status = record.status if record else None
-        current = record.resumed_from if record else None
-        if any(current == seen for seen, _, _ in chain):
-            break
-    if not chain[0][1] and not chain[0][2]:
-        raise Unavailable(f"no task of run {run_id} is recorded; run `retailml run`")
-
-    # The first run's task order, then tasks later runs added (a dict keeps the first place).
-    order = dict.fromkeys(t for _, tasks, attempts in reversed(chain) for t in (*tasks, *attempts))
-    timings = []
-    for task in order:
-        # The newest run of the chain that covered the task decides what is shown.
-        rid, _, attempts = next(link for link in chain if task in link[1] or task in link[2])
-        mine, earlier = attempts.get(task, []), rid if rid != run_id else None
-        if mine:
-            last = mine[-1]
-            timings.append(
-                D.TaskTiming(task, last.status, len(mine), last.seconds, last.error, earlier)
-            )
-        else:
-            waiting = "running" if task == "report" and rid == run_id else "not run"
-            timings.append(D.TaskTiming(task, waiting, 0, None, None, earlier))
-    return timings, status
+    try:
+        entries, status = timeline(history, run_id, current="report")
+    except RetailmlError as exc:
+        raise Unavailable(str(exc)) from None
+    return [
+        D.TaskTiming(
+            e.task,
+            e.status,
+            e.attempts,
+            e.last.seconds if e.last else None,
+            e.last.error if e.last else None,
+            e.run_id if e.run_id != run_id else None,
+        )
+        for e in entries
+    ], status
 
 
 # --- GATHER: MLflow -------------------------------------------------------------------------
@@ -345,7 +316,7 @@ def newest_parent(client: MlflowClient, experiment: str, *, task: str) -> Run:
         try:
             runs = client.search_runs(
                 [found.experiment_id],
-                filter_string=f"tags.`{_PARENT}` IS NULL AND {finished}",
+                filter_string=f"tags.`{N.PARENT_RUN}` IS NULL AND {finished}",
                 order_by=newest,
                 max_results=1,
             )
@@ -356,7 +327,7 @@ def newest_parent(client: MlflowClient, experiment: str, *, task: str) -> Run:
                 for r in client.search_runs(
                     [found.experiment_id], filter_string=finished, order_by=newest, max_results=1000
                 )
-                if _PARENT not in r.data.tags
+                if N.PARENT_RUN not in r.data.tags
             ][:1]
     if not runs:
         raise Unavailable(
@@ -381,12 +352,13 @@ def _champion(client: MlflowClient, model_name: str) -> tuple[str, str | None, s
     if version is None:
         return None
     mv = client.get_model_version(model_name, version)
-    return version, mv.tags.get("run_id") or mv.run_id, mv.tags.get("family")
+    return version, mv.tags.get(N.RUN_ID) or mv.run_id, mv.tags.get(N.FAMILY)
 
 
-def training_summary(client: MlflowClient, settings: Settings) -> D.ModelsSummary:
-    """The newest training: held-out metrics, curves and importances of every family."""
-    parent = newest_parent(client, settings.train.experiment, task="train")
+def training_summary(client: MlflowClient, *, experiment: str, model_name: str) -> D.ModelsSummary:
+    """The newest training in ``experiment``: held-out metrics, curves and importances of every
+    family, and which is the champion of ``model_name``."""
+    parent = newest_parent(client, experiment, task="train")
     parent_id = parent.info.run_id
     # Autologging adds a nested run per grid point under each family's run: the family runs
     # are the parent's children that have the ``family`` param.
@@ -394,33 +366,33 @@ def training_summary(client: MlflowClient, settings: Settings) -> D.ModelsSummar
         r
         for r in client.search_runs(
             [parent.info.experiment_id],
-            filter_string=f"tags.`{_PARENT}` = '{parent_id}'",
+            filter_string=f"tags.`{N.PARENT_RUN}` = '{parent_id}'",
             order_by=["attributes.start_time ASC"],
             max_results=1000,
         )
-        if "family" in r.data.params
+        if N.FAMILY in r.data.params
     ]
-    champion = _champion(client, settings.train.model_name)
-    challenger = parent.data.tags.get("challenger")
+    champion = _champion(client, model_name)
+    challenger = parent.data.tags.get(N.CHALLENGER)
     families = []
     for r in children:
         params, metrics = r.data.params, r.data.metrics
         families.append(
             D.FamilyEvaluation(
-                family=params["family"],
-                implementation=params.get("implementation", ""),
+                family=params[N.FAMILY],
+                implementation=params.get(N.IMPLEMENTATION, ""),
                 run_id=r.info.run_id,
                 metrics={
-                    k.removeprefix("holdout_"): float(v)
+                    k.removeprefix(N.HOLDOUT_PREFIX): float(v)
                     for k, v in metrics.items()
-                    if k.startswith("holdout_")
+                    if k.startswith(N.HOLDOUT_PREFIX)
                 },
-                curves=_artifact_json(client, r.info.run_id, "evaluation/curves.json"),
+                curves=_artifact_json(client, r.info.run_id, f"{N.EVALUATION}/{N.CURVES}"),
                 importances=_artifact_json(
-                    client, r.info.run_id, "evaluation/feature_importance.json"
+                    client, r.info.run_id, f"{N.EVALUATION}/{N.IMPORTANCES}"
                 ),
                 is_champion=champion is not None and champion[1] == r.info.run_id,
-                is_challenger=params["family"] == challenger,
+                is_challenger=params[N.FAMILY] == challenger,
             )
         )
     note = None
@@ -432,25 +404,23 @@ def training_summary(client: MlflowClient, settings: Settings) -> D.ModelsSummar
     tags = parent.data.tags
     return D.ModelsSummary(
         run_id=parent_id,
-        holdout_cutoff=tags.get("holdout_cutoff"),
+        holdout_cutoff=tags.get(N.HOLDOUT_CUTOFF),
         challenger=challenger,
-        gate_decision=tags.get("gate_decision"),
-        gate_reason=tags.get("gate_reason"),
+        gate_decision=tags.get(N.GATE_DECISION),
+        gate_reason=tags.get(N.GATE_REASON),
         families=families,
         champion_note=note,
     )
 
 
-def ranking_summary(client: MlflowClient, settings: Settings) -> D.RankingSummary:
+def ranking_summary(client: MlflowClient, *, experiment: str) -> D.RankingSummary:
     """The newest recommend run's metrics per model and mode."""
-    from retailml.stages.recommend import METRIC_PREFIX, MODES
-
-    parent = newest_parent(client, settings.recommend.experiment, task="recommend")
+    parent = newest_parent(client, experiment, task="recommend")
     logged, params, tags = parent.data.metrics, parent.data.params, parent.data.tags
     metrics: dict[tuple[str, str], dict[str, float]] = {}
-    for mode in MODES:
-        for model, prefix in METRIC_PREFIX.items():
-            start = f"{prefix}_{mode}_"
+    for mode in N.MODES:
+        for model in N.RANKING_MODEL_PREFIX:
+            start = N.ranking_prefix(model, mode)
             values = {
                 k.removeprefix(start): float(v) for k, v in logged.items() if k.startswith(start)
             }
@@ -458,25 +428,25 @@ def ranking_summary(client: MlflowClient, settings: Settings) -> D.RankingSummar
                 metrics[(model, mode)] = values
     return D.RankingSummary(
         run_id=parent.info.run_id,
-        k=int(params["k"]) if "k" in params else None,
-        tuned_mode=params.get("tuned_mode"),
-        repeat_share=logged.get("repeat_share"),
-        as_of=tags.get("as_of_date"),
-        eval_cutoff=tags.get("eval_cutoff"),
+        k=int(params[N.K]) if N.K in params else None,
+        tuned_mode=params.get(N.TUNED_MODE),
+        repeat_share=logged.get(N.REPEAT_SHARE),
+        as_of=tags.get(N.AS_OF_DATE),
+        eval_cutoff=tags.get(N.EVAL_CUTOFF),
         metrics=metrics,
     )
 
 
-def champions(client: MlflowClient, settings: Settings) -> dict[str, str]:
-    """The registry's champions, for the header: "name version N (family)"."""
+def champions(client: MlflowClient, *, propensity: str, recommender: str) -> dict[str, str]:
+    """The registry's champions of the two models, for the header: "name version N (family)"."""
     out = {}
-    found = _champion(client, settings.train.model_name)
+    found = _champion(client, propensity)
     if found is not None:
         family = f" ({found[2]})" if found[2] else ""
-        out["propensity model"] = f"{settings.train.model_name} version {found[0]}{family}"
-    version = registry.champion_version(client, settings.recommend.model_name)
+        out["propensity model"] = f"{propensity} version {found[0]}{family}"
+    version = registry.champion_version(client, recommender)
     if version is not None:
-        out["recommender"] = f"{settings.recommend.model_name} version {version}"
+        out["recommender"] = f"{recommender} version {version}"
     return out
 
 
@@ -484,13 +454,28 @@ def champions(client: MlflowClient, settings: Settings) -> dict[str, str]:
 
 
 def gather(
-    settings: Settings, spark: SparkSession, *, run_id: str, client: MlflowClient
+    lake: Lakehouse,
+    history: History,
+    client: MlflowClient,
+    *,
+    run_id: str,
+    train: TrainSettings,
+    recommend: RecommendSettings,
+    sample_customers: int,
 ) -> D.ReportData:
     """Everything the report shows, as bounded plain-Python summaries.
 
     A section whose source is missing is None, with the reason in ``missing``.
+
+    Args:
+        lake: The tables.
+        history: The run history.
+        client: The MLflow client.
+        run_id: The workflow run the page is about.
+        train: Where the propensity models are (experiment, registered name).
+        recommend: Where the recommender is.
+        sample_customers: Customers shown with their recommendations.
     """
-    lake = Lakehouse(settings, spark)
     missing: dict[str, str] = {}
 
     def section(name: str, fetch: Callable[[], Any]) -> Any:
@@ -503,7 +488,7 @@ def gather(
     def buyers_table() -> DataFrame | None:
         return lake.read("gold.top_buyers") if lake.exists("gold.top_buyers") else None
 
-    timings = section(D.TASKS, lambda: task_timings(History(settings, spark), run_id))
+    timings = section(D.TASKS, lambda: task_timings(history, run_id))
     scores = section(D.SCORES, lambda: score_histogram(_table(lake, "gold.purchase_propensity")))
     as_of = scores.as_of if scores else None
     if as_of is None and lake.exists("silver.transactions"):
@@ -513,23 +498,30 @@ def gather(
         run_id=run_id,
         generated_at=utcnow(),
         as_of=as_of,
-        champions=champions(client, settings),
+        champions=champions(client, propensity=train.model_name, recommender=recommend.model_name),
         tables=section(D.TABLES, lambda: table_counts(lake)),
         quarantine=section(
             D.QUARANTINE, lambda: quarantine_reasons(_table(lake, "bronze.quarantine"))
         ),
         line_kinds=section(D.LINE_KINDS, lambda: line_kinds(_table(lake, "silver.transactions"))),
         sales=section(D.SALES, lambda: weekly_sales(_table(lake, "silver.transactions"))),
-        models=section(D.MODELS, lambda: training_summary(client, settings)),
+        models=section(
+            D.MODELS,
+            lambda: training_summary(
+                client, experiment=train.experiment, model_name=train.model_name
+            ),
+        ),
         scores=scores,
         top_buyers=section(D.TOP_BUYERS, lambda: top_buyers(_table(lake, "gold.top_buyers"))),
-        ranking=section(D.RANKING, lambda: ranking_summary(client, settings)),
+        ranking=section(
+            D.RANKING, lambda: ranking_summary(client, experiment=recommend.experiment)
+        ),
         recommendations=section(
             D.RECOMMENDATIONS,
             lambda: sample_recommendations(
                 _table(lake, "gold.recommendations"),
                 buyers_table(),
-                customers=settings.report.sample_customers,
+                customers=sample_customers,
             ),
         ),
         tasks=timings[0] if timings else None,
@@ -541,25 +533,25 @@ def gather(
 # --- the task -----------------------------------------------------------------------------
 
 
-def log_to_mlflow(client: MlflowClient, settings: Settings, data: D.ReportData, page: Path) -> str:
-    """Log the page to the MLflow run of this workflow run (created on the first attempt)."""
-    experiment_id = tracking.experiment(settings, settings.report.experiment)
+def log_to_mlflow(client: MlflowClient, experiment_id: str, data: D.ReportData, page: Path) -> str:
+    """Log the page to the MLflow run of this workflow run in the experiment (created on the
+    first attempt)."""
     existing = client.search_runs(
-        [experiment_id], filter_string=f"tags.{TAG_WORKFLOW_RUN} = '{data.run_id}'", max_results=1
+        [experiment_id], filter_string=f"tags.{N.WORKFLOW_RUN} = '{data.run_id}'", max_results=1
     )
     run = (
         existing[0]
         if existing
         else client.create_run(
-            experiment_id, run_name=data.run_id, tags={TAG_WORKFLOW_RUN: data.run_id}
+            experiment_id, run_name=data.run_id, tags={N.WORKFLOW_RUN: data.run_id}
         )
     )
     run_id = run.info.run_id
     for t in data.tasks or []:
         if t.seconds is not None:
-            client.log_metric(run_id, f"task_seconds_{t.task}", t.seconds)
+            client.log_metric(run_id, f"{N.TASK_SECONDS_PREFIX}{t.task}", t.seconds)
     if data.as_of is not None:
-        client.set_tag(run_id, "as_of_date", data.as_of.isoformat())
+        client.set_tag(run_id, N.AS_OF_DATE, data.as_of.isoformat())
     client.log_artifact(run_id, str(page))
     client.set_terminated(run_id)
     return run_id
@@ -572,19 +564,29 @@ def run(settings: Settings, spark: SparkSession, *, run_id: str | None = None) -
         run_id: The workflow run the page is about; the newest run in the history when None
             (a fresh id if there is none).
     """
+    history = History(settings, spark)
     if run_id is None:
-        newest = History(settings, spark).runs(1)
+        newest = history.runs(1)
         run_id = newest[0].run_id if newest else new_run_id()
     client = tracking.configure(settings)
     started = time.monotonic()
-    data = gather(settings, spark, run_id=run_id, client=client)
+    data = gather(
+        Lakehouse(settings, spark),
+        history,
+        client,
+        run_id=run_id,
+        train=settings.train,
+        recommend=settings.recommend,
+        sample_customers=settings.report.sample_customers,
+    )
     gathered = time.monotonic()
     page = render_html(data)
     rendered = time.monotonic()
     path = Path(settings.path(settings.report.dir)) / run_id / "index.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page.html, encoding="utf-8")
-    mlflow_run_id = log_to_mlflow(client, settings, data, path)
+    experiment_id = tracking.experiment(settings, settings.report.experiment)
+    mlflow_run_id = log_to_mlflow(client, experiment_id, data, path)
     return ReportResult(
         run_id=run_id,
         path=path,

@@ -13,6 +13,7 @@ from datetime import date
 
 import mlflow
 import mlflow.spark
+from mlflow.tracking import MlflowClient
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -21,8 +22,8 @@ from retailml import schemas as S
 from retailml.errors import RetailmlError
 from retailml.lakehouse import Lakehouse
 from retailml.ml import registry, tracking
+from retailml.ml.propensity import SCORE, score_column
 from retailml.settings import Settings
-from retailml.stages.train import SCORE, score_column
 
 
 @dataclass(frozen=True)
@@ -105,19 +106,17 @@ def top_buyers(
     )
 
 
-def load_champion(settings: Settings) -> tuple[PipelineModel, str]:
-    """The champion model and its version, loaded through the registry alias.
+def load_champion(client: MlflowClient, name: str) -> tuple[PipelineModel, str]:
+    """The champion model ``name`` and its version, loaded through the registry alias.
 
     Raises:
         RetailmlError: There is no champion yet.
     """
-    client = tracking.configure(settings)
-    name = settings.train.model_name
     version = registry.champion_version(client, name)
     if version is None:
         raise RetailmlError(
             f"no '{registry.CHAMPION}' model '{name}' in the registry at "
-            f"{settings.tracking_uri}; run `retailml task train` first"
+            f"{client.tracking_uri}; run `retailml task train` first"
         )
     return mlflow.spark.load_model(f"models:/{name}@{registry.CHAMPION}"), version
 
@@ -126,7 +125,7 @@ def run(settings: Settings, spark: SparkSession) -> ScoreResult:
     """Score the latest cutoff with the champion and write the gold tables."""
     lake = Lakehouse(settings, spark)
     features = lake.read("silver.customer_features").where(F.col(S.SPLIT) == S.SCORE)
-    model, version = load_champion(settings)
+    model, version = load_champion(tracking.configure(settings), settings.train.model_name)
     row = features.agg(F.max(S.CUTOFF_DATE)).first()
     if row is None or row[0] is None:
         raise RetailmlError(

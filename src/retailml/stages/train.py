@@ -22,13 +22,9 @@ import mlflow
 import mlflow.spark
 from pyspark import inheritable_thread_target
 from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
-from pyspark.ml.feature import StandardScaler, VectorAssembler
-from pyspark.ml.functions import vector_to_array
 from pyspark.ml.tuning import (
     CrossValidator,
-    ParamGridBuilder,
     TrainValidationSplit,
     TrainValidationSplitModel,
     _parallelFitTasks,
@@ -39,14 +35,23 @@ from pyspark.sql import functions as F
 from retailml import schemas as S
 from retailml.errors import RetailmlError
 from retailml.lakehouse import Lakehouse
+from retailml.ml import names as N
 from retailml.ml import registry, tracking
 from retailml.ml.metrics import BinaryMetrics, Curves, binary_metrics, curves
+from retailml.ml.models import log_spark_model, register_and_gate
+from retailml.ml.propensity import (
+    FOLD,
+    LOGISTIC_REGRESSION,
+    SCORE,
+    Grids,
+    estimator,
+    score_column,
+    with_class_weights,
+    with_customer_folds,
+)
 from retailml.ml.sample import customer_share
-from retailml.settings import Settings
-
-WEIGHT = "class_weight"
-FOLD = "fold"
-SCORE = "score"
+from retailml.report import plots
+from retailml.settings import Settings, TrainSettings
 
 
 @dataclass(frozen=True)
@@ -103,70 +108,6 @@ class TrainResult:
         return lines
 
 
-def with_class_weights(df: DataFrame, *, positive_rate: float) -> DataFrame:
-    """Balanced instance weights: each class carries half of the total weight."""
-    w_pos, w_neg = 0.5 / positive_rate, 0.5 / (1 - positive_rate)
-    return df.withColumn(WEIGHT, F.when(F.col(S.LABEL) == 1, F.lit(w_pos)).otherwise(F.lit(w_neg)))
-
-
-def with_customer_folds(df: DataFrame, *, folds: int, seed: int) -> DataFrame:
-    """A fold number per customer, so one customer's cutoffs stay in the same fold."""
-    return df.withColumn(
-        FOLD, F.pmod(F.xxhash64(F.col(S.CUSTOMER_ID), F.lit(seed)), F.lit(folds)).cast("int")
-    )
-
-
-def estimator(family: str, *, implementation: str, seed: int) -> tuple[Pipeline, list[dict]]:
-    """The family's pipeline (features → model) and its small tuning grid."""
-    assembler = VectorAssembler(inputCols=list(S.FEATURE_COLUMNS), outputCol="features")
-    label, weight = S.LABEL, WEIGHT
-    grid = ParamGridBuilder()
-    if family == "logistic_regression":
-        scaler = StandardScaler(
-            inputCol="features", outputCol="scaled", withMean=True, withStd=True
-        )
-        model: Any = LogisticRegression(
-            featuresCol="scaled", labelCol=label, weightCol=weight, maxIter=100
-        )
-        grid.addGrid(model.regParam, [0.001, 0.01, 0.1]).addGrid(model.elasticNetParam, [0.0, 0.5])
-        return Pipeline(stages=[assembler, scaler, model]), grid.build()
-    if family == "random_forest":
-        model = RandomForestClassifier(
-            labelCol=label,
-            weightCol=weight,
-            seed=seed,
-            featureSubsetStrategy="sqrt",
-            subsamplingRate=0.8,
-        )
-        grid.addGrid(model.numTrees, [60, 150]).addGrid(model.maxDepth, [5, 9])
-    elif family == "gbt" and implementation == "mllib":
-        model = GBTClassifier(labelCol=label, weightCol=weight, seed=seed, maxIter=60, stepSize=0.1)
-        grid.addGrid(model.maxDepth, [3, 5])
-    elif family == "gbt":
-        from xgboost.spark import SparkXGBClassifier
-
-        model = SparkXGBClassifier(
-            features_col="features",
-            label_col=label,
-            weight_col=weight,
-            num_workers=1,
-            n_estimators=200,
-            learning_rate=0.05,
-            subsample=0.8,
-            random_state=seed,
-            verbose=False,
-        )
-        grid.addGrid(model.max_depth, [3, 5])
-    else:
-        raise ValueError(f"unknown model family {family!r}")
-    return Pipeline(stages=[assembler, model]), grid.build()
-
-
-def score_column(model_output: DataFrame) -> DataFrame:
-    """Adds ``score``: the predicted probability of a purchase."""
-    return model_output.withColumn(SCORE, vector_to_array(F.col("probability"))[1])
-
-
 class CustomerValidationSplit(TrainValidationSplit):
     """A train-validation split whose validation rows are the customers of fold 0.
 
@@ -211,16 +152,26 @@ class CustomerValidationSplit(TrainValidationSplit):
         return self._copyValues(TrainValidationSplitModel(model, metrics))
 
 
-def _tuner(pipe: Pipeline, grid: list[dict], *, rows: int, settings: Settings) -> Any:
+def grids(cfg: TrainSettings) -> Grids:
+    """The tuning grids the settings give."""
+    return Grids(
+        logistic_reg_params=cfg.logistic_reg_params,
+        logistic_elastic_net_params=cfg.logistic_elastic_net_params,
+        forest_num_trees=cfg.forest_num_trees,
+        forest_max_depths=cfg.forest_max_depths,
+        gbt_max_depths=cfg.gbt_max_depths,
+    )
+
+
+def _tuner(pipe: Pipeline, grid: list[dict], *, rows: int, cfg: TrainSettings, seed: int) -> Any:
     evaluator = BinaryClassificationEvaluator(labelCol=S.LABEL, metricName="areaUnderROC")
-    cfg = settings.train
     if rows > cfg.validation_split_above_rows:
         split = CustomerValidationSplit(
             estimator=pipe,
             estimatorParamMaps=grid,
             evaluator=evaluator,
             parallelism=cfg.parallelism,
-            seed=settings.seed,
+            seed=seed,
         )
         split.sample = min(1.0, cfg.tune_max_rows / rows)
         return split
@@ -231,7 +182,7 @@ def _tuner(pipe: Pipeline, grid: list[dict], *, rows: int, settings: Settings) -
         numFolds=cfg.folds,
         foldCol=FOLD,
         parallelism=cfg.parallelism,
-        seed=settings.seed,
+        seed=seed,
     )
 
 
@@ -256,51 +207,39 @@ def _best_params(tuned: Any, grid: list[dict]) -> tuple[dict[str, Any], float]:
     return {p.name: v for p, v in grid[best].items()}, float(metrics[best])
 
 
-def _plots(folder: Path, family: str, c: Curves, importances: dict[str, float]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
-    axes[0].plot(c.fpr, c.tpr)
-    axes[0].plot([0, 1], [0, 1], "--", color="grey")
-    axes[0].set(title=f"ROC — {family}", xlabel="false positive rate", ylabel="true positive rate")
-    axes[1].plot(c.recall, c.precision)
-    axes[1].set(title="Precision-recall", xlabel="recall", ylabel="precision", ylim=(0, 1.02))
-    axes[2].bar(range(1, 11), c.decile_rate)
-    axes[2].set(
-        title="Purchase rate by score decile",
-        xlabel="decile (1 = highest scores)",
-        ylabel="share who bought",
+def _evaluation_figures(
+    folder: Path, family: str, c: Curves, importances: dict[str, float], *, base_rate: float
+) -> None:
+    """The family's held-out evaluation, drawn by the report's own plots (one look for both)."""
+    points = {"fpr": c.fpr, "tpr": c.tpr, "recall": c.recall, "precision": c.precision}
+    (folder / "roc_pr.png").write_bytes(plots.roc_pr({family: points}, base_rate=base_rate))
+    (folder / "gain.png").write_bytes(
+        plots.gain_chart(
+            {family: (c.population, c.gain)}, c.decile_rate, featured=family, base_rate=base_rate
+        )
     )
-    ordered = sorted(importances.items(), key=lambda kv: abs(kv[1]))
-    axes[3].barh([k for k, _ in ordered], [v for _, v in ordered])
-    axes[3].set(
-        title="Feature importance" if family != "logistic_regression" else "Coefficients (scaled)"
-    )
-    axes[3].tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "evaluation.png", dpi=90)
-    plt.close(fig)
-
-
-def _pip_requirements(implementation: str) -> list[str]:
-    from importlib.metadata import version
-
-    reqs = [f"pyspark=={version('pyspark')}", f"mlflow=={version('mlflow')}"]
-    if implementation == "xgboost":
-        reqs.append(f"xgboost-cpu=={version('xgboost-cpu')}")
-    return reqs
+    if importances:
+        signed = family == LOGISTIC_REGRESSION
+        title = "Coefficients (scaled)" if signed else "Feature importance"
+        (folder / "importance.png").write_bytes(
+            plots.feature_importance(importances, title=f"{title} — {family}", signed=signed)
+        )
 
 
 def train_family(
-    family: str, train: DataFrame, holdout: DataFrame, *, settings: Settings, train_rows: int
+    family: str,
+    train: DataFrame,
+    holdout: DataFrame,
+    *,
+    cfg: TrainSettings,
+    seed: int,
+    train_rows: int,
+    base_rate: float,
 ) -> FamilyResult:
     """Tune one family on ``train``, measure it on ``holdout``, log it to an MLflow child run."""
-    implementation = settings.train.gbt_implementation if family == "gbt" else "mllib"
-    pipe, grid = estimator(family, implementation=implementation, seed=settings.seed)
-    tuner = _tuner(pipe, grid, rows=train_rows, settings=settings)
+    implementation = cfg.gbt_implementation if family == "gbt" else "mllib"
+    pipe, grid = estimator(family, implementation=implementation, seed=seed, grids=grids(cfg))
+    tuner = _tuner(pipe, grid, rows=train_rows, cfg=cfg, seed=seed)
     with mlflow.start_run(run_name=family, nested=True) as run:
         started = time.monotonic()
         tuned = tuner.fit(train)
@@ -316,8 +255,8 @@ def train_family(
         importances = _importances(best_model)
         mlflow.log_params(
             {
-                "family": family,
-                "implementation": implementation,
+                N.FAMILY: family,
+                N.IMPLEMENTATION: implementation,
                 "tuning": type(tuner).__name__,
                 "tuning_sample": round(getattr(tuner, "sample", 1.0), 4),
                 "grid_points": len(grid),
@@ -325,23 +264,22 @@ def train_family(
             }
         )
         mlflow.log_metrics(
-            {**metrics.as_dict("holdout_"), "tuning_roc_auc": tuning_auc, "train_seconds": seconds}
+            {
+                **metrics.as_dict(N.HOLDOUT_PREFIX),
+                "tuning_roc_auc": tuning_auc,
+                "train_seconds": seconds,
+            }
         )
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            _plots(folder, family, points, importances)
-            (folder / "curves.json").write_text(json.dumps(points.__dict__))
-            (folder / "feature_importance.json").write_text(json.dumps(importances, indent=1))
-            mlflow.log_artifacts(tmp, "evaluation")
-        sample = holdout.select(*S.FEATURE_COLUMNS).limit(5)
-        signature = mlflow.models.infer_signature(
-            sample.toPandas(), best_model.transform(sample).select("prediction").toPandas()
-        )
-        info = mlflow.spark.log_model(
+            _evaluation_figures(folder, family, points, importances, base_rate=base_rate)
+            (folder / N.CURVES).write_text(json.dumps(points.__dict__))
+            (folder / N.IMPORTANCES).write_text(json.dumps(importances, indent=1))
+            mlflow.log_artifacts(tmp, N.EVALUATION)
+        info = log_spark_model(
             best_model,
-            artifact_path="model",
-            signature=signature,
-            pip_requirements=_pip_requirements(implementation),
+            holdout.select(*S.FEATURE_COLUMNS),
+            extra_requirements=("xgboost-cpu",) if implementation == "xgboost" else (),
         )
     return FamilyResult(
         family,
@@ -356,19 +294,10 @@ def train_family(
     )
 
 
-def champion_metric(
-    client: Any, settings: Settings, holdout: DataFrame, *, holdout_cutoff: str
-) -> float | None:
-    """The champion's ROC-AUC on this held-out cutoff: its recorded value if it was measured on
-    the same cutoff, otherwise measured now by loading it through the alias."""
-    name = settings.train.model_name
-    version = registry.champion_version(client, name)
-    if version is None:
-        return None
-    tags = client.get_model_version(name, version).tags
-    if tags.get("holdout_cutoff") == holdout_cutoff and "holdout_roc_auc" in tags:
-        return float(tags["holdout_roc_auc"])
-    model = mlflow.spark.load_model(f"models:/{name}@{registry.CHAMPION}")
+def measure_champion(model_name: str, holdout: DataFrame) -> float:
+    """The champion's ROC-AUC on this held-out cutoff, measured now (it was measured on
+    another): loaded through its alias, as scoring loads it."""
+    model = mlflow.spark.load_model(f"models:/{model_name}@{registry.CHAMPION}")
     scored = score_column(model.transform(holdout))
     return binary_metrics(scored, label_col=S.LABEL, score_col=SCORE).roc_auc
 
@@ -448,18 +377,20 @@ def run(settings: Settings, spark: SparkSession) -> TrainResult:
     client = tracking.configure(settings)
     mlflow.set_experiment(experiment_id=tracking.experiment(settings, cfg.experiment))
     data_tags = {
-        "data.silver_transactions_version": str(lake.version("silver.transactions")),
-        "data.customer_features_version": str(lake.version("silver.customer_features")),
-        "holdout_cutoff": holdout_cutoff,
-        "train_cutoffs": ",".join(train_cutoffs),
+        N.DATA_TRANSACTIONS_VERSION: str(lake.version("silver.transactions")),
+        N.DATA_FEATURES_VERSION: str(lake.version("silver.customer_features")),
+        N.TRAIN_CUTOFFS: ",".join(train_cutoffs),
     }
+    measured_on = {N.HOLDOUT_CUTOFF: holdout_cutoff}
     # xgboost.spark logs every boosting round at INFO.
     logging.getLogger("XGBoost-PySpark").setLevel(logging.WARNING)
     mlflow.pyspark.ml.autolog(
         log_models=False, log_datasets=False, log_post_training_metrics=False, silent=True
     )
     try:
-        with mlflow.start_run(run_name=f"propensity {holdout_cutoff}", tags=data_tags) as parent:
+        with mlflow.start_run(
+            run_name=f"propensity {holdout_cutoff}", tags={**data_tags, **measured_on}
+        ) as parent:
             mlflow.log_params(
                 {
                     "train_rows": train_rows,
@@ -470,38 +401,42 @@ def run(settings: Settings, spark: SparkSession) -> TrainResult:
                 }
             )
             results = [
-                train_family(f, train, holdout, settings=settings, train_rows=train_rows)
+                train_family(
+                    f,
+                    train,
+                    holdout,
+                    cfg=cfg,
+                    seed=settings.seed,
+                    train_rows=train_rows,
+                    base_rate=holdout_rate,
+                )
                 for f in cfg.families
             ]
             best = max(results, key=lambda r: r.holdout.roc_auc)
-            mlflow.log_metric("challenger_holdout_roc_auc", best.holdout.roc_auc)
-            current = champion_metric(client, settings, holdout, holdout_cutoff=holdout_cutoff)
-            version = mlflow.register_model(
+            mlflow.log_metric(N.CHALLENGER_HOLDOUT_ROC_AUC, best.holdout.roc_auc)
+            decision = register_and_gate(
+                client,
                 best.model_uri,
-                cfg.model_name,
+                model_name=cfg.model_name,
+                metric_tag=N.HOLDOUT_ROC_AUC,
+                metric_label="holdout ROC-AUC",
+                value=best.holdout.roc_auc,
+                margin=cfg.promotion_margin,
+                evaluated_on=measured_on,
                 tags={
                     **data_tags,
-                    "family": best.family,
-                    "implementation": best.implementation,
-                    "holdout_roc_auc": f"{best.holdout.roc_auc:.6f}",
-                    "run_id": best.run_id,
+                    N.FAMILY: best.family,
+                    N.IMPLEMENTATION: best.implementation,
+                    N.RUN_ID: best.run_id,
                 },
-            )
-            decision = registry.apply_gate(
-                client,
-                cfg.model_name,
-                challenger_version=str(version.version),
-                challenger_metric=best.holdout.roc_auc,
-                champion_metric=current,
-                metric="holdout ROC-AUC",
-                margin=cfg.promotion_margin,
+                measure_champion=lambda: measure_champion(cfg.model_name, holdout),
             )
             mlflow.set_tags(
                 {
-                    "challenger": best.family,
-                    "challenger_version": version.version,
-                    "gate_decision": "promoted" if decision.promoted else "kept champion",
-                    "gate_reason": decision.reason,
+                    N.CHALLENGER: best.family,
+                    N.CHALLENGER_VERSION: decision.challenger_version,
+                    N.GATE_DECISION: N.PROMOTED if decision.promoted else N.KEPT,
+                    N.GATE_REASON: decision.reason,
                 }
             )
     finally:

@@ -89,6 +89,17 @@ class Dag:
             pending.remove(ready[0])
         return tuple(done)
 
+    def upstream(self, key: str) -> set[str]:
+        """The tasks ``key`` depends on, directly or not."""
+        found: set[str] = set()
+        pending = list(self.task(key).depends_on)
+        while pending:
+            dep = pending.pop()
+            if dep not in found:
+                found.add(dep)
+                pending.extend(self.task(dep).depends_on)
+        return found
+
     def downstream(self, keys: Iterable[str]) -> set[str]:
         """``keys`` and every task that depends on them, directly or not."""
         found = {self.task(k).key for k in keys}

@@ -27,9 +27,9 @@ from pyspark.sql import SparkSession
 
 from retailml import schemas as S
 from retailml.errors import RetailmlError
+from retailml.runlog import AttemptRecord, History, RunRecord, utcnow
 from retailml.spark import spark_context
 from retailml.workflow.dag import ALL_DONE, Dag, TaskSpec
-from retailml.workflow.history import AttemptRecord, History, RunRecord, utcnow
 
 Echo = Callable[[str], Any]
 TaskFn = Callable[[], Any]

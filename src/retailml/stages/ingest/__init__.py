@@ -14,6 +14,8 @@ by Spark), decide each file's formats from its values and parse into the canonic
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,7 @@ from pyspark.sql import functions as F
 
 from retailml import schemas as S
 from retailml.errors import InputError
+from retailml.generate import generate_data
 from retailml.lakehouse import Lakehouse
 from retailml.settings import IngestSettings, Settings
 from retailml.stages.ingest import canonical as C
@@ -85,15 +88,17 @@ class IngestResult:
     batch_id: str
     skipped: list[str] = field(default_factory=list)
     decided: dict[str, str] = field(default_factory=dict)
+    generated: str | None = None  # what was generated when no source was given
 
     def headline(self) -> str:
         return f"{self.bronze_rows:,} bronze rows, {self.quarantine_rows:,} quarantined"
 
     def summary(self) -> list[str]:
-        lines = [
+        lines = [self.generated] if self.generated else []
+        lines.append(
             f"{self.files} files, {self.input_rows:,} input rows → bronze.transactions "
             f"{self.bronze_rows:,} + bronze.quarantine {self.quarantine_rows:,}"
-        ]
+        )
         if self.skipped:
             names = ", ".join(p.rsplit("/", 1)[-1] for p in self.skipped[:5])
             more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
@@ -192,7 +197,9 @@ def run(settings: Settings, spark: SparkSession, *, source: str | None = None) -
     """Ingest a file or folder into bronze; see the module docstring.
 
     Args:
-        settings: ``settings.ingest`` says how to read; the source defaults to the generated data.
+        settings: ``settings.ingest`` says how to read. Without a source (here or in
+            ``ingest.source``) the data set of ``settings.generate`` is generated first (or
+            reused when already there) and read.
         spark: The session.
         source: A file or folder; overrides ``settings.ingest.source``.
 
@@ -202,16 +209,27 @@ def run(settings: Settings, spark: SparkSession, *, source: str | None = None) -
             in that case.
     """
     cfg = settings.ingest
-    location = source or cfg.source or f"{settings.path(settings.data_dir)}/transactions"
+    generated = None
+    location = source or cfg.source
+    if not location:
+        started = time.monotonic()
+        data = generate_data(settings)
+        location = str(data.out_dir)
+        generated = (
+            f"data: {data.lines:,} generated lines in {len(data.files)} files under "
+            f"{data.out_dir} ({time.monotonic() - started:.1f} s)"
+        )
     location = settings.path(location)
     with _nanosecond_parquet(spark):
-        return _ingest(settings, spark, list_source_files(spark, location), location)
+        listing = list_source_files(spark, location)
+        result = _ingest(Lakehouse(settings, spark), listing, location, cfg=cfg)
+    return dataclasses.replace(result, generated=generated)
 
 
 def _ingest(
-    settings: Settings, spark: SparkSession, listing: SourceListing, location: str
+    lake: Lakehouse, listing: SourceListing, location: str, *, cfg: IngestSettings
 ) -> IngestResult:
-    cfg = settings.ingest
+    spark = lake.spark
     # Check every file before writing anything, so a bad file leaves the tables untouched.
     sources = [s for path in listing.files for s in inspect(spark, path, cfg)]
     mapping = cfg.column_mapping or None
@@ -257,7 +275,6 @@ def _ingest(
         if input_rows == 0:
             raise InputError(f"{location}: no data rows (only headers or blank lines)")
         condition = _replace_condition(sources)
-        lake = Lakehouse(settings, spark)
         good = rows.where(F.col(S.REASON).isNull()).drop(S.REASON, S.RAW)
         bad = rows.where(F.col(S.REASON).isNotNull()).select(
             S.RAW, S.REASON, S.SOURCE_FILE, S.SOURCE_LAYOUT, S.INGESTED_AT, S.BATCH_ID

@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 
 from retailml import schemas as S
 from retailml.errors import InputError
+from retailml.generate.data import MARKER as GENERATED_MARKER
 from retailml.stages.ingest import records as R
 from retailml.stages.ingest.layouts import Layout
 
@@ -41,8 +42,7 @@ _UNSUPPORTED = {
     ".7z": "unpack it first",
     ".json": "JSON is not a supported source",
 }
-# The marker `retailml generate` leaves in its output folder.
-GENERATED_MARKER = "generated.json"
+# What `retailml generate` leaves in its output folder: the marker and the data beside it.
 GENERATED_DATA = "transactions"
 _HEAD_BYTES = 64 * 1024
 

@@ -4,6 +4,10 @@
 ``ops.task_runs`` gets a row when an attempt ends. The latest row of a run wins, so no row is
 ever updated and a crash leaves the history readable: a run whose process died stays
 ``running`` in the table and is shown as ``interrupted`` once nobody holds the run lock.
+
+It sits below the stages (the report reads it) and below the workflow (the runner writes
+it); :func:`timeline` is the one account of a run that both the report and ``retailml runs``
+show.
 """
 
 from __future__ import annotations
@@ -227,6 +231,79 @@ class History:
         """The number the next attempt of ``task`` in ``run_id`` gets (1 for the first)."""
         done = [a.attempt for a in self.attempts(run_id) if a.task == task]
         return max(done, default=0) + 1
+
+
+# How far back a chain of resumed runs is followed.
+MAX_RESUMES = 10
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One task of a run as the run's account shows it: its last attempt.
+
+    Attributes:
+        task: The task.
+        status: The last attempt's status; ``running`` for the report task that is writing
+            the account, ``not run`` for a task of the run without any attempt.
+        attempts: How many attempts were recorded.
+        last: The last attempt, if any.
+        run_id: The run the attempt belongs to: this run, or for a run that resumed another,
+            the earlier run that did the task.
+    """
+
+    task: str
+    status: str
+    attempts: int
+    last: AttemptRecord | None
+    run_id: str
+
+
+def timeline(
+    history: History, run_id: str, *, current: str | None = None
+) -> tuple[list[TimelineEntry], str | None]:
+    """Each task of a run with its last attempt, in the run's task order, and the run status.
+
+    A run that resumed another re-ran only what had not succeeded there, so the tasks it did
+    not cover are taken from the run it resumed (and so on back). A task of the run without a
+    recorded attempt is ``running`` if it is ``current`` (the task asking, whose own attempt is
+    recorded when it ends) and ``not run`` otherwise.
+
+    Raises:
+        RetailmlError: Nothing of the run is recorded.
+    """
+    chain: list[tuple[str, tuple[str, ...], dict[str, list[AttemptRecord]]]] = []
+    status: str | None = None
+    at: str | None = run_id
+    while at is not None and len(chain) < MAX_RESUMES:
+        try:
+            record: RunRecord | None = history.run(at)
+        except RetailmlError:
+            record = None
+        attempts: dict[str, list[AttemptRecord]] = {}
+        for a in history.attempts(at):
+            attempts.setdefault(a.task, []).append(a)
+        chain.append((at, record.tasks if record else (), attempts))
+        if at == run_id:
+            status = record.status if record else None
+        at = record.resumed_from if record else None
+        if any(at == seen for seen, _, _ in chain):
+            break
+    if not chain[0][1] and not chain[0][2]:
+        raise RetailmlError(f"no task of run {run_id} is recorded; run `retailml run`")
+
+    # The first run's task order, then tasks later runs added (a dict keeps the first place).
+    order = dict.fromkeys(t for _, tasks, attempts in reversed(chain) for t in (*tasks, *attempts))
+    entries = []
+    for task in order:
+        # The newest run of the chain that covered the task decides what is shown.
+        rid, _, attempts = next(link for link in chain if task in link[1] or task in link[2])
+        mine = attempts.get(task, [])
+        if mine:
+            entries.append(TimelineEntry(task, mine[-1].status, len(mine), mine[-1], rid))
+        else:
+            waiting = "running" if task == current and rid == run_id else "not run"
+            entries.append(TimelineEntry(task, waiting, 0, None, rid))
+    return entries, status
 
 
 def final_attempts(attempts: Sequence[AttemptRecord]) -> dict[str, AttemptRecord]:

@@ -1,0 +1,409 @@
+"""The recommend task: evaluate and tune, fit the final model on all history, register it
+behind the champion gate, and write ``gold.recommendations`` from whichever version is the
+champion afterwards."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import mlflow
+import mlflow.spark
+from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
+from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from retailml import schemas as S
+from retailml.errors import RetailmlError
+from retailml.lakehouse import Lakehouse
+from retailml.ml import names as N
+from retailml.ml import registry, tracking
+from retailml.ml.models import log_spark_model, register_and_gate
+from retailml.ml.names import ALL, ALS_MODEL, MODES, NEW, POPULAR_MODEL
+from retailml.ml.ranking import RankingMetrics
+from retailml.ml.registry import GateDecision
+from retailml.settings import RecommendSettings, Settings
+from retailml.stages.recommend.als import als_blocks, als_estimator
+from retailml.stages.recommend.data import (
+    check_transactions,
+    persist,
+    popularity,
+    purchased,
+    ratings,
+    without_lineage,
+)
+from retailml.stages.recommend.evaluation import (
+    EvaluationSet,
+    GridPoint,
+    Tuning,
+    evaluation_set,
+    tune,
+)
+from retailml.stages.recommend.serving import (
+    MAX_EXTRA_CANDIDATES,
+    gold_rows,
+    recommend_customers,
+    serve,
+)
+
+
+@dataclass(frozen=True)
+class RecommendResult:
+    """The evaluation, the gate decision and what was written."""
+
+    as_of: date
+    eval_cutoff: date
+    eval_customers: int
+    repeat_share: float
+    metrics: dict[tuple[str, str], RankingMetrics]  # (model, mode) → metrics
+    k: int
+    tuned_mode: str
+    best_params: dict[str, float]
+    grid: list[GridPoint]
+    decision: GateDecision
+    model_version: str  # the version that produced the rows
+    rows_written: int
+    rows_by_source: dict[str, int]
+    customers: int
+    seconds: float
+    parent_run_id: str
+
+    def headline(self) -> str:
+        mode = self.tuned_mode
+        als = self.metrics[(ALS_MODEL, mode)].ndcg_at_k
+        popular = self.metrics[(POPULAR_MODEL, mode)].ndcg_at_k
+        return (
+            f"{self.rows_written:,} rows; NDCG@{self.k} ({mode}) ALS {als:.4f} vs "
+            f"popular {popular:.4f}"
+        )
+
+    def summary(self) -> list[str]:
+        k = self.k
+        lines = [
+            f"evaluated on {self.eval_cutoff} .. {self.as_of - timedelta(days=1)} "
+            f"({self.eval_customers:,} customers with earlier purchases bought in the window)",
+            f"{'model':<8} {'mode':<4} {f'P@{k}':>7} {f'R@{k}':>7} {f'NDCG@{k}':>8} "
+            f"{f'MAP@{k}':>7} {'hit rate':>8} {'coverage':>8}",
+        ]
+        for mode in MODES:
+            for model in (ALS_MODEL, POPULAR_MODEL):
+                m = self.metrics[(model, mode)]
+                lines.append(
+                    f"{model:<8} {mode:<4} {m.precision_at_k:>7.4f} {m.recall_at_k:>7.4f} "
+                    f"{m.ndcg_at_k:>8.4f} {m.map_at_k:>7.4f} {m.hit_rate:>8.3f} "
+                    f"{m.coverage:>8.3f}"
+                )
+        params = ", ".join(f"{name}={value:g}" for name, value in self.best_params.items())
+        tuned = self.metrics[(ALS_MODEL, self.tuned_mode)].ndcg_at_k
+        d = self.decision
+        verdict = "promoted to champion" if d.promoted else "champion kept"
+        by_source = ", ".join(f"{n:,} {s}" for s, n in sorted(self.rows_by_source.items()))
+        return [
+            *lines,
+            f"repeat share: {self.repeat_share:.1%} of the window's customer × product "
+            f"purchases were bought before",
+            f"best of {len(self.grid)} grid points: {params} (NDCG@{k} {self.tuned_mode} "
+            f"{tuned:.4f})",
+            f"version {d.challenger_version}, {verdict}: {d.reason}",
+            f"gold.recommendations as of {self.as_of}: {self.rows_written:,} rows for "
+            f"{self.customers:,} customers ({by_source}) from version {self.model_version}",
+        ]
+
+
+@dataclass(frozen=True)
+class PopularOnlyResult:
+    """What was written when the catalogue is too small for collaborative filtering."""
+
+    as_of: date
+    k: int
+    products: int  # products ever bought
+    rows_written: int
+    customers: int
+    seconds: float
+
+    def headline(self) -> str:
+        return (
+            f"{self.rows_written:,} rows, popularity only: {self.products} product(s) bought, "
+            f"fewer than k = {self.k}"
+        )
+
+    def summary(self) -> list[str]:
+        return [
+            f"only {self.products} product(s) were ever bought, fewer than recommend.k = "
+            f"{self.k}: ALS was not tuned; every customer gets the popularity ranking",
+            f"gold.recommendations as of {self.as_of}: {self.rows_written:,} rows for "
+            f"{self.customers:,} customers (fewer than k each: the catalogue is that small)",
+        ]
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The silver tables the task reads, and the as-of date (the day after the last event)."""
+
+    transactions: DataFrame
+    customers: DataFrame
+    products: DataFrame
+    as_of: date
+    bought_products: int  # products ever bought
+
+
+def run(settings: Settings, spark: SparkSession) -> RecommendResult | PopularOnlyResult:
+    """Tune and evaluate ALS against popularity, register it, write ``gold.recommendations``.
+
+    With fewer products ever bought than ``k`` (or one), there is nothing for ALS to learn: the
+    grid is skipped and every customer gets the popularity ranking (the summary says so).
+
+    Raises:
+        RetailmlError: No purchases by known customers, or none before the evaluation cutoff.
+    """
+    started, cfg, seed = time.monotonic(), settings.recommend, settings.seed
+    lake = Lakehouse(settings, spark)
+    inputs = _read(lake)
+    if inputs.bought_products < max(cfg.k, 2):
+        return _popular_only(lake, inputs, cfg=cfg, started=started)
+    tuned_mode, blocks = NEW if cfg.exclude_purchased else ALL, als_blocks(spark)
+    kept: list[DataFrame] = []
+    try:
+        data = evaluation_set(
+            inputs.transactions,
+            inputs.customers,
+            cutoff=inputs.as_of - timedelta(days=cfg.eval_days),
+            k=cfg.k,
+            popular_days=cfg.popular_days,
+            tune_max_customers=cfg.tune_max_customers,
+            seed=seed,
+            keep=kept,
+        )
+        client = tracking.configure(settings)
+        mlflow.set_experiment(experiment_id=tracking.experiment(settings, cfg.experiment))
+        tags = _data_tags(lake, inputs, data)
+        with mlflow.start_run(run_name=f"recommend {inputs.as_of}", tags=tags) as parent:
+            _log_params(cfg, data, seed=seed, tuned_mode=tuned_mode)
+            tuning = tune(data, spark, cfg=cfg, tuned_mode=tuned_mode, seed=seed, blocks=blocks)
+            model, info = _final_model(data, tuning, cfg=cfg, seed=seed, blocks=blocks)
+            tags[N.RUN_ID] = parent.info.run_id
+            decision = _register(client, info, tuning, data, cfg=cfg, tags=tags)
+            served, by_source = _serve(lake, model, decision, inputs, cfg=cfg, keep=kept)
+            customers = inputs.customers.count()
+            _log_outcome(decision, served, by_source, started=started, customers=customers)
+    finally:
+        for df in kept:
+            df.unpersist()
+    return RecommendResult(
+        as_of=inputs.as_of,
+        eval_cutoff=data.cutoff,
+        eval_customers=tuning.best.metrics[ALL].users,
+        repeat_share=data.repeat_share,
+        metrics=tuning.metrics,
+        k=cfg.k,
+        tuned_mode=tuned_mode,
+        best_params=tuning.best.params,
+        grid=tuning.grid,
+        decision=decision,
+        model_version=served,
+        rows_written=sum(by_source.values()),
+        rows_by_source=by_source,
+        customers=customers,
+        seconds=time.monotonic() - started,
+        parent_run_id=parent.info.run_id,
+    )
+
+
+def _data_tags(lake: Lakehouse, inputs: _Inputs, data: EvaluationSet) -> dict[str, str]:
+    """What the run was computed from: the input's Delta version and the dates."""
+    return {
+        N.DATA_TRANSACTIONS_VERSION: str(lake.version("silver.transactions")),
+        N.AS_OF_DATE: inputs.as_of.isoformat(),
+        N.EVAL_CUTOFF: data.cutoff.isoformat(),
+    }
+
+
+def _read(lake: Lakehouse) -> _Inputs:
+    transactions = lake.read("silver.transactions")
+    check_transactions(transactions)
+    last = transactions.agg(F.max(S.EVENT_DATE).alias("last")).first()
+    if last is None or last["last"] is None:
+        raise RetailmlError("silver.transactions is empty; run `retailml task clean` first")
+    products = lake.read("silver.products")
+    return _Inputs(
+        transactions=transactions,
+        customers=lake.read("silver.customers").select(S.CUSTOMER_ID, S.COUNTRY),
+        products=products.select(S.PRODUCT_ID, S.PRODUCT_NAME),
+        as_of=last["last"] + timedelta(days=1),
+        # silver.products holds products only, one row each: a count of a small table.
+        bought_products=products.where(F.col("purchase_lines") > 0).count(),
+    )
+
+
+def _register(
+    client: MlflowClient,
+    info: ModelInfo,
+    tuning: Tuning,
+    data: EvaluationSet,
+    *,
+    cfg: RecommendSettings,
+    tags: dict[str, str],
+) -> GateDecision:
+    """Register the final model; a champion measured on another cutoff, mode or k is not
+    comparable (its final model has seen this evaluation window), and the challenger, fitted on
+    newer data, replaces it."""
+    mode = NEW if cfg.exclude_purchased else ALL
+    return register_and_gate(
+        client,
+        info.model_uri,
+        model_name=cfg.model_name,
+        metric_tag=N.EVAL_NDCG,
+        metric_label=f"NDCG@{cfg.k} ({mode})",
+        value=tuning.best.metrics[mode].ndcg_at_k,
+        margin=cfg.promotion_margin,
+        evaluated_on={
+            N.EVAL_CUTOFF: data.cutoff.isoformat(),
+            N.EVAL_MODE: mode,
+            N.EVAL_K: str(cfg.k),
+        },
+        tags={**tags, **{f"param_{n}": f"{v:g}" for n, v in tuning.best.params.items()}},
+    )
+
+
+def _log_params(cfg: RecommendSettings, data: EvaluationSet, *, seed: int, tuned_mode: str) -> None:
+    mlflow.log_params(
+        {
+            N.K: cfg.k,
+            "exclude_purchased": cfg.exclude_purchased,
+            "eval_days": cfg.eval_days,
+            "popular_days": cfg.popular_days,
+            "max_iter": cfg.max_iter,
+            "seed": seed,
+            N.TUNED_MODE: tuned_mode,
+            "max_extra_candidates": MAX_EXTRA_CANDIDATES,
+            "catalog_size": data.catalog_size,
+            "tuning_sample": round(data.sample, 4),
+            "parallelism": cfg.parallelism,
+        }
+    )
+
+
+def _final_model(
+    data: EvaluationSet, tuning: Tuning, *, cfg: RecommendSettings, seed: int, blocks: int
+) -> tuple[PipelineModel, ModelInfo]:
+    """The best configuration fitted on all history, as one pipeline with the indexers (so it
+    maps indices back to ids by itself), logged with its metrics."""
+    started = time.monotonic()
+    best = tuning.best
+    estimator = als_estimator(
+        rank=best.rank,
+        reg_param=best.reg_param,
+        alpha=best.alpha,
+        max_iter=cfg.max_iter,
+        seed=seed,
+        blocks=blocks,
+    )
+    als_model = estimator.fit(without_lineage(ratings(data.indexers, data.history)))
+    model = PipelineModel(stages=[data.indexers.user, data.indexers.item, als_model])
+    mlflow.log_params({f"best_{name}": v for name, v in best.params.items()})
+    tuned_mode = NEW if cfg.exclude_purchased else ALL
+    mlflow.log_metrics(
+        {
+            **{
+                name: value
+                for (model_name, mode), m in tuning.metrics.items()
+                for name, value in m.as_dict(N.ranking_prefix(model_name, mode)).items()
+            },
+            N.REPEAT_SHARE: data.repeat_share,
+            N.TUNED_NDCG: best.metrics[tuned_mode].ndcg_at_k,
+            "tune_seconds": tuning.seconds,
+            "final_fit_seconds": time.monotonic() - started,
+        }
+    )
+    # A signature (customer, product → score): Unity Catalog's registry requires one.
+    info = log_spark_model(model, data.history.select(S.CUSTOMER_ID, S.PRODUCT_ID))
+    return model, info
+
+
+def _serve(
+    lake: Lakehouse,
+    model: PipelineModel,
+    decision: GateDecision,
+    inputs: _Inputs,
+    *,
+    cfg: RecommendSettings,
+    keep: list[DataFrame],
+) -> tuple[str, dict[str, int]]:
+    """Write the as-of date's rows from whichever version is the champion now (the new model
+    when promoted, else the champion loaded through its alias, so re-running with nothing
+    changed writes the same rows).
+
+    Returns:
+        The version that wrote the rows, and the rows per source (ALS, popular).
+    """
+    if decision.promoted:
+        serving, version = model, decision.challenger_version
+    else:
+        serving = mlflow.spark.load_model(f"models:/{cfg.model_name}@{registry.CHAMPION}")
+        version = str(decision.champion_version)
+    started, as_of = time.monotonic(), inputs.as_of
+    transactions = inputs.transactions
+    bought = persist(purchased(transactions), keep) if cfg.exclude_purchased else None
+    popular = popularity(transactions, end=as_of, days=cfg.popular_days, min_country_products=cfg.k)
+    recommendations = serve(serving, inputs.customers, popular, k=cfg.k, bought=bought, keep=keep)
+    lake.replace_where(
+        "gold.recommendations",
+        gold_rows(recommendations, inputs.products, as_of=as_of, model_version=version),
+        f"{S.AS_OF_DATE} = '{as_of.isoformat()}'",
+    )
+    mlflow.log_metric("write_seconds", time.monotonic() - started)
+    written = lake.read("gold.recommendations").where(F.col(S.AS_OF_DATE) == F.lit(as_of))
+    counts = written.groupBy(S.SOURCE).agg(F.count(F.lit(1)).alias("n")).collect()
+    return version, {str(r[S.SOURCE]): int(r["n"]) for r in counts}
+
+
+def _log_outcome(
+    decision: GateDecision,
+    served: str,
+    by_source: dict[str, int],
+    *,
+    started: float,
+    customers: int,
+) -> None:
+    mlflow.log_metrics(
+        {
+            "seconds": time.monotonic() - started,
+            "rows_written": sum(by_source.values()),
+            "customers": customers,
+        }
+    )
+    mlflow.set_tags(
+        {
+            N.CHALLENGER_VERSION: decision.challenger_version,
+            N.SERVED_VERSION: served,
+            N.GATE_DECISION: N.PROMOTED if decision.promoted else N.KEPT,
+            N.GATE_REASON: decision.reason,
+        }
+    )
+
+
+def _popular_only(
+    lake: Lakehouse, inputs: _Inputs, *, cfg: RecommendSettings, started: float
+) -> PopularOnlyResult:
+    """Recommendations from the popularity ranking alone (nothing for ALS to learn)."""
+    k, as_of, transactions = cfg.k, inputs.as_of, inputs.transactions
+    popular = popularity(transactions, end=as_of, days=cfg.popular_days, min_country_products=k)
+    bought = purchased(transactions) if cfg.exclude_purchased else None
+    recommendations = recommend_customers(inputs.customers, popular, k=k, bought=bought)
+    lake.replace_where(
+        "gold.recommendations",
+        gold_rows(recommendations, inputs.products, as_of=as_of, model_version=None),
+        f"{S.AS_OF_DATE} = '{as_of.isoformat()}'",
+    )
+    written = lake.read("gold.recommendations").where(F.col(S.AS_OF_DATE) == F.lit(as_of)).count()
+    return PopularOnlyResult(
+        as_of=as_of,
+        k=k,
+        products=inputs.bought_products,
+        rows_written=written,
+        customers=inputs.customers.count(),
+        seconds=time.monotonic() - started,
+    )
