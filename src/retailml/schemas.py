@@ -154,10 +154,13 @@ CUTOFF_DATE = "cutoff_date"
 SPLIT = "split"
 LABEL = "label"
 # Splits: stacked earlier cutoffs to train and tune on, the latest complete cutoff held out for
-# the final comparison, and the last date of the data (no label yet) to score.
+# the final comparison, the last date of the data (no label yet) to score, and the labelled
+# cutoffs the probabilities of the holdout and of the score cutoff are calibrated on (the same
+# season a year before each, 52 weeks back; or, with less history, the window before each).
 TRAIN = "train"
 HOLDOUT = "holdout"
 SCORE = "score"
+CALIBRATION = "calibration"
 
 FEATURE_WINDOWS = (30, 90, 365)
 FEATURE_COLUMNS = (

@@ -48,6 +48,16 @@ def test_metrics_match_a_plain_python_reference(spark: SparkSession) -> None:
     # Top 10% = the two highest scores, both buyers: rate 1.0 against a base rate of 0.3.
     assert m.lift_at_10 == pytest.approx(1.0 / 0.3)
     assert m.rows == 20
+    assert m.brier_base_rate == pytest.approx(0.3 * 0.7)
+    # Expected calibration error: ten equal-width bins, |mean score - buyers' share| weighted.
+    bins: dict[int, list[tuple[float, int]]] = {}
+    for s, y in zip(SCORES, LABELS, strict=True):
+        bins.setdefault(min(int(s * 10), 9), []).append((s, y))
+    ece = sum(
+        len(b) * abs(sum(s for s, _ in b) / len(b) - sum(y for _, y in b) / len(b))
+        for b in bins.values()
+    ) / 20
+    assert m.ece == pytest.approx(ece)
 
 
 def test_single_class_cannot_be_evaluated(spark: SparkSession) -> None:
@@ -70,3 +80,7 @@ def test_curves_and_deciles(spark: SparkSession) -> None:
     assert len(rates) == 10
     # Two customers per decile, in score order: (1,1), (0,1), (0,1), (0,0), (1,0), (0,0), (1,0)…
     assert rates == [1.0, 0.5, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.0, 0.0]
+    assert c.decile_rate == rates
+    assert c.decile_actual == [2.0 * r for r in rates]  # two customers per decile
+    assert c.decile_expected[0] == pytest.approx(0.95 + 0.9)
+    assert sum(c.bin_rows) == 20 and c.bin_probability == sorted(c.bin_probability)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -11,11 +14,28 @@ from retailml.settings import load_settings
 from retailml.stages.train import grids
 
 
-def test_class_weights_balance_the_classes(spark: SparkSession) -> None:
-    df = spark.createDataFrame([(1,), (0,), (0,), (0,)], "label int")
-    weighted = propensity.with_class_weights(df, positive_rate=0.25).collect()
-    total = {lbl: sum(r.class_weight for r in weighted if r.label == lbl) for lbl in (0, 1)}
-    assert total[0] == pytest.approx(total[1]) == pytest.approx(2.0)
+def test_platt_scaling_recovers_a_known_miscalibration(spark: SparkSession) -> None:
+    """Scores whose true probability is σ(0.8·logit(p) − 0.5): Platt finds about 0.8 and −0.5,
+    and the calibrated scores have the labels' rate."""
+    rng = random.Random(7)
+    rows = []
+    for _ in range(20_000):
+        p = rng.uniform(0.02, 0.98)
+        z = 0.8 * math.log(p / (1 - p)) - 0.5
+        rows.append((p, int(rng.random() < 1 / (1 + math.exp(-z)))))
+    scored = spark.createDataFrame(rows, "score double, label int")
+    platt = propensity.fit_platt(scored)
+    assert platt.slope == pytest.approx(0.8, abs=0.06)
+    assert platt.intercept == pytest.approx(-0.5, abs=0.06)
+    mean = propensity.calibrated(scored, platt).agg(F.avg("score"), F.avg("label")).first()
+    assert mean[0] == pytest.approx(mean[1], abs=0.005)
+    # The identity leaves scores as they are; one class cannot be calibrated.
+    same = (
+        propensity.calibrated(scored, propensity.Platt()).agg(F.max(F.abs(F.col("score")))).first()
+    )
+    assert same[0] == pytest.approx(max(p for p, _ in rows))
+    with pytest.raises(ValueError, match="one class"):
+        propensity.fit_platt(scored.where("label = 1"))
 
 
 def test_folds_keep_a_customer_together(spark: SparkSession) -> None:

@@ -307,7 +307,19 @@ def test_cutoff_dates() -> None:
         S.SCORE: [date(2011, 1, 1)],
         S.HOLDOUT: [date(2010, 12, 2)],
         S.TRAIN: [date(2010, 11, 2), date(2010, 10, 3), date(2010, 9, 3), date(2010, 8, 4)],
+        # Less than a year: calibrated on the window before the holdout, and the holdout.
+        S.CALIBRATION: [date(2010, 11, 2), date(2010, 12, 2)],
     }
+    # Two years: the same season a year (52 weeks) before each, on the same weekday.
+    seasonal = features.cutoff_dates(
+        date(2011, 12, 31),
+        first_date=date(2010, 1, 1),
+        horizon_days=30,
+        train_cutoffs=4,
+        spacing_days=30,
+    )
+    assert seasonal[S.CALIBRATION] == [date(2010, 12, 3), date(2011, 1, 2)]
+    assert date(2010, 12, 3).weekday() == date(2011, 12, 2).weekday()
     (holdout,) = cutoffs[S.HOLDOUT]
     assert holdout not in cutoffs[S.TRAIN]
     assert all(t + timedelta(days=30) <= holdout for t in cutoffs[S.TRAIN])
@@ -352,17 +364,18 @@ def test_run_writes_splits_and_is_idempotent(tmp_path: Path, spark: SparkSession
         S.SCORE: [date(2010, 2, 21)],
         S.HOLDOUT: [date(2010, 2, 11)],
         S.TRAIN: [date(2010, 2, 1), date(2010, 1, 22)],
+        S.CALIBRATION: [date(2010, 2, 1), date(2010, 2, 11)],
     }
     table = lake.read("silver.customer_features")
     rows = table.collect()
-    assert {r[S.SPLIT] for r in rows} == {S.TRAIN, S.HOLDOUT, S.SCORE}
+    assert {r[S.SPLIT] for r in rows} == {S.TRAIN, S.HOLDOUT, S.SCORE, S.CALIBRATION}
     holdout = first.cutoffs[S.HOLDOUT][0]
     assert all(r[S.CUTOFF_DATE] < holdout for r in rows if r[S.SPLIT] == S.TRAIN)
     assert all(r[S.LABEL] is None for r in rows if r[S.SPLIT] == S.SCORE)
     assert all(r[S.LABEL] in (0, 1) for r in rows if r[S.SPLIT] != S.SCORE)
-    for split in (S.TRAIN, S.HOLDOUT, S.SCORE):
+    for split in (S.TRAIN, S.HOLDOUT, S.SCORE, S.CALIBRATION):
         assert first.rows[split] == sum(r[S.SPLIT] == split for r in rows)
-    for split in (S.TRAIN, S.HOLDOUT):
+    for split in (S.TRAIN, S.HOLDOUT, S.CALIBRATION):
         labels = [r[S.LABEL] for r in rows if r[S.SPLIT] == split]
         assert first.positive_rate[split] == pytest.approx(sum(labels) / len(labels))
     assert start < min(r[S.CUTOFF_DATE] for r in rows)

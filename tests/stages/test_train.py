@@ -12,7 +12,7 @@ from retailml import schemas as S
 from retailml.generate import generate_data
 from retailml.lakehouse import Lakehouse
 from retailml.ml import registry, tracking
-from retailml.ml.propensity import WEIGHT, with_class_weights, with_customer_folds
+from retailml.ml.propensity import with_customer_folds
 from retailml.ml.sample import customer_share
 from retailml.stages import train
 from retailml.workflow import run_task
@@ -30,14 +30,9 @@ def test_customer_validation_split_validates_on_fold_zero(spark: SparkSession) -
 
     rows = [(f"c{i % 40}", float(i % 13), int(i % 13 > 5 if i % 4 else i % 2)) for i in range(400)]
     df = with_customer_folds(
-        with_class_weights(
-            spark.createDataFrame(rows, "customer_id string, x double, label int"),
-            positive_rate=0.5,
-        ),
-        folds=3,
-        seed=7,
+        spark.createDataFrame(rows, "customer_id string, x double, label int"), folds=3, seed=7
     )
-    lr = LogisticRegression(featuresCol="v", labelCol="label", weightCol=WEIGHT)
+    lr = LogisticRegression(featuresCol="v", labelCol="label")
     pipe = Pipeline(stages=[VectorAssembler(inputCols=["x"], outputCol="v"), lr])
     grid = ParamGridBuilder().addGrid(lr.regParam, [0.0, 5.0]).build()
     evaluator = BinaryClassificationEvaluator(labelCol="label")

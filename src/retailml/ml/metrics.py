@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 CURVE_BINS = 200
+# Equal-width probability bins of the expected calibration error and the reliability diagram.
+CALIBRATION_BINS = 10
 
 
 @dataclass(frozen=True)
 class BinaryMetrics:
-    """Held-out quality of a probability score; larger is better except ``brier``."""
+    """Held-out quality of a probability score; larger is better except ``brier`` and ``ece``.
+
+    Attributes:
+        roc_auc: Area under the ROC curve (ranking).
+        pr_auc: Area under the precision-recall curve.
+        lift_at_10: Positive rate of the top 10% of scores over the overall rate.
+        brier: Mean squared error of the probability (Brier 1950).
+        base_rate: The positive rate.
+        rows: Rows scored.
+        ece: Expected calibration error: over :data:`CALIBRATION_BINS` equal-width probability
+            bins, the row-weighted mean of |mean probability − positive rate| (Naeini et al.
+            2015; Guo et al. 2017). 0 for perfectly calibrated probabilities.
+        brier_base_rate: The Brier score of predicting the base rate for everyone,
+            ``base_rate × (1 − base_rate)``: a model whose Brier is not below it adds nothing
+            to the probabilities.
+    """
 
     roc_auc: float
     pr_auc: float
@@ -21,6 +38,8 @@ class BinaryMetrics:
     brier: float
     base_rate: float
     rows: int
+    ece: float = 0.0
+    brier_base_rate: float = 0.0
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}{k}": float(v) for k, v in self.__dict__.items()}
@@ -37,6 +56,14 @@ class Curves:
     population: list[float]  # share of customers targeted, by decreasing score
     gain: list[float]  # share of all positives captured
     decile_rate: list[float]  # positive rate in each score decile, top decile first
+    # The reliability diagram: per probability bin (of CALIBRATION_BINS), its rows, mean
+    # probability and positive rate; empty bins left out.
+    bin_rows: list[int] = field(default_factory=list)
+    bin_probability: list[float] = field(default_factory=list)
+    bin_rate: list[float] = field(default_factory=list)
+    # Per score decile, top first: buyers expected (sum of probabilities) and actual.
+    decile_expected: list[float] = field(default_factory=list)
+    decile_actual: list[float] = field(default_factory=list)
 
 
 def binary_metrics(
@@ -74,6 +101,7 @@ def binary_metrics(
     ).first()
     assert top is not None
     top_rate = float(top["above"] if top["above"] is not None else top["at_or_above"])
+    bins = reliability(scored, label_col=label_col, score_col=score_col)
     return BinaryMetrics(
         roc_auc=roc,
         pr_auc=pr,
@@ -81,6 +109,33 @@ def binary_metrics(
         brier=float(stats["brier"]),
         base_rate=rate,
         rows=n,
+        ece=sum(r * abs(p - y) for r, p, y in zip(*bins, strict=True)) / n,
+        brier_base_rate=rate * (1 - rate),
+    )
+
+
+def reliability(
+    scored: DataFrame,
+    *,
+    label_col: str = "label",
+    score_col: str = "score",
+    bins: int = CALIBRATION_BINS,
+) -> tuple[list[int], list[float], list[float]]:
+    """Rows, mean probability and positive rate per equal-width probability bin (non-empty
+    bins, lowest first): the reliability diagram, and what the expected calibration error sums.
+    """
+    y, p = F.col(label_col).cast("double"), F.col(score_col).cast("double")
+    b = F.least(F.floor(p * bins), F.lit(bins - 1)).cast("int")
+    rows = (
+        scored.groupBy(b.alias("b"))
+        .agg(F.count(F.lit(1)).alias("n"), F.avg(p).alias("p"), F.avg(y).alias("y"))
+        .orderBy("b")
+        .collect()
+    )
+    return (
+        [int(r["n"]) for r in rows],
+        [float(r["p"]) for r in rows],
+        [float(r["y"]) for r in rows],
     )
 
 
@@ -111,6 +166,20 @@ def curves(
         precision.append(tp / (tp + fp))
         population.append((tp + fp) / (total_pos + total_neg))
         gain.append(tp / total_pos)
+    thresholds = score_deciles(scored, score_col=score_col)
+    deciles = {
+        int(r["decile"]): r
+        for r in scored.groupBy(decile_of(p, thresholds).alias("decile"))
+        .agg(F.avg(y).alias("rate"), F.sum(p).alias("expected"), F.sum(y).alias("actual"))
+        .collect()
+    }
+    bin_rows, bin_probability, bin_rate = reliability(
+        scored, label_col=label_col, score_col=score_col
+    )
+
+    def per_decile(column: str) -> list[float]:
+        return [float(deciles[d][column]) if d in deciles else 0.0 for d in range(1, 11)]
+
     return Curves(
         fpr,
         tpr,
@@ -118,7 +187,12 @@ def curves(
         precision,
         population,
         gain,
-        decile_rates(scored, label_col=label_col, score_col=score_col),
+        per_decile("rate"),
+        bin_rows,
+        bin_probability,
+        bin_rate,
+        per_decile("expected"),
+        per_decile("actual"),
     )
 
 

@@ -73,6 +73,7 @@ def register_and_gate(
     evaluated_on: Mapping[str, str],
     tags: Mapping[str, str] | None = None,
     measure_champion: Callable[[], float] | None = None,
+    refusal: str | None = None,
 ) -> registry.GateDecision:
     """Register a logged model and let it challenge the ``champion`` alias.
 
@@ -97,6 +98,8 @@ def register_and_gate(
         evaluated_on: Tags saying what the metric was measured on (cutoff, mode, k…).
         tags: More tags for the new version.
         measure_champion: Measures the champion on the challenger's data, or None (above).
+        refusal: Why the challenger may not be promoted whatever its metric (it is still
+            registered, and tagged with the reason), or None.
 
     Returns:
         The gate's decision (also tagged on the new version).
@@ -130,8 +133,9 @@ def register_and_gate(
         champion_metric=champion_value,
         metric=metric_label,
         margin=margin,
+        refusal=refusal,
     )
-    if not_comparable:
+    if not_comparable and not refusal:
         # apply_gate reads a missing champion metric as "no champion"; say what it was.
         reason = f"{not_comparable}; the challenger ({metric_label} {value:.4f}) replaces it"
         decision = dataclasses.replace(decision, reason=reason)

@@ -1,5 +1,12 @@
-"""The purchase-propensity estimators and their output: shared by training (which fits them) and
-scoring (which reads what they output), so neither stage imports the other."""
+"""The purchase-propensity estimators, their output and its calibration: shared by training
+(which fits and measures them) and scoring (which writes what they output), so neither stage
+imports the other.
+
+The models are fitted without class weights (balanced weights moved every probability up, to
+the training base rate's complement), and their probabilities are then calibrated for the
+window they are about by Platt scaling on a labelled cutoff they were not fitted on — the
+same season a year before (:func:`fit_platt`).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +19,11 @@ from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomF
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.tuning import ParamGridBuilder
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from retailml import schemas as S
 
-WEIGHT = "class_weight"  # balanced instance weights
 FOLD = "fold"  # a customer's cross-validation fold
 SCORE = "score"  # the predicted probability of a purchase
 
@@ -35,12 +41,6 @@ class Grids:
     gbt_max_depths: Sequence[int] = (3, 5)
 
 
-def with_class_weights(df: DataFrame, *, positive_rate: float) -> DataFrame:
-    """Balanced instance weights (:data:`WEIGHT`): each class carries half of the total."""
-    w_pos, w_neg = 0.5 / positive_rate, 0.5 / (1 - positive_rate)
-    return df.withColumn(WEIGHT, F.when(F.col(S.LABEL) == 1, F.lit(w_pos)).otherwise(F.lit(w_neg)))
-
-
 def with_customer_folds(df: DataFrame, *, folds: int, seed: int) -> DataFrame:
     """A fold number per customer (:data:`FOLD`), so a customer's cutoffs share a fold."""
     return df.withColumn(
@@ -51,7 +51,7 @@ def with_customer_folds(df: DataFrame, *, folds: int, seed: int) -> DataFrame:
 def estimator(
     family: str, *, implementation: str, seed: int, grids: Grids = Grids()
 ) -> tuple[Pipeline, list[dict]]:
-    """The family's pipeline (features → model, weighted by :data:`WEIGHT`) and its grid.
+    """The family's pipeline (features → model) and its grid.
 
     Args:
         family: ``logistic_regression``, ``random_forest`` or ``gbt``.
@@ -63,15 +63,13 @@ def estimator(
         ValueError: An unknown family.
     """
     assembler = VectorAssembler(inputCols=list(S.FEATURE_COLUMNS), outputCol="features")
-    label, weight = S.LABEL, WEIGHT
+    label = S.LABEL
     grid = ParamGridBuilder()
     if family == LOGISTIC_REGRESSION:
         scaler = StandardScaler(
             inputCol="features", outputCol="scaled", withMean=True, withStd=True
         )
-        model: Any = LogisticRegression(
-            featuresCol="scaled", labelCol=label, weightCol=weight, maxIter=100
-        )
+        model: Any = LogisticRegression(featuresCol="scaled", labelCol=label, maxIter=100)
         grid.addGrid(model.regParam, list(grids.logistic_reg_params)).addGrid(
             model.elasticNetParam, list(grids.logistic_elastic_net_params)
         )
@@ -79,7 +77,6 @@ def estimator(
     if family == RANDOM_FOREST:
         model = RandomForestClassifier(
             labelCol=label,
-            weightCol=weight,
             seed=seed,
             featureSubsetStrategy="sqrt",
             subsamplingRate=0.8,
@@ -88,7 +85,7 @@ def estimator(
             model.maxDepth, list(grids.forest_max_depths)
         )
     elif family == GBT and implementation == "mllib":
-        model = GBTClassifier(labelCol=label, weightCol=weight, seed=seed, maxIter=60, stepSize=0.1)
+        model = GBTClassifier(labelCol=label, seed=seed, maxIter=60, stepSize=0.1)
         grid.addGrid(model.maxDepth, list(grids.gbt_max_depths))
     elif family == GBT:
         from xgboost.spark import SparkXGBClassifier
@@ -96,7 +93,6 @@ def estimator(
         model = SparkXGBClassifier(
             features_col="features",
             label_col=label,
-            weight_col=weight,
             num_workers=1,
             n_estimators=200,
             learning_rate=0.05,
@@ -113,3 +109,91 @@ def estimator(
 def score_column(model_output: DataFrame) -> DataFrame:
     """Adds :data:`SCORE`, the predicted probability of a purchase, to a model's output."""
     return model_output.withColumn(SCORE, vector_to_array(F.col("probability"))[1])
+
+
+# Probabilities are kept this far from 0 and 1 before taking their logit.
+_EPSILON = 1e-6
+
+
+@dataclass(frozen=True)
+class Platt:
+    """Platt scaling in logit space: ``p' = σ(slope · logit(p) + intercept)`` (Platt 1999, on
+    a probability's logit as in Niculescu-Mizil & Caruana 2005). Slope 1 and intercept 0 leave
+    ``p`` as it is; the intercept alone is a prior shift (Saerens et al. 2002)."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+
+
+def _logit(p: Column) -> Column:
+    q = F.least(F.greatest(p, F.lit(_EPSILON)), F.lit(1 - _EPSILON))
+    return F.log(q / (1 - q))
+
+
+def fit_platt(
+    scored: DataFrame,
+    *,
+    label_col: str = S.LABEL,
+    score_col: str = SCORE,
+    max_iter: int = 50,
+    tolerance: float = 1e-9,
+) -> Platt:
+    """The Platt scaling that fits ``score_col`` to ``label_col`` best (log loss).
+
+    Newton's method on the two parameters, each step one aggregation in Spark (gradient,
+    Hessian and loss summed over the rows; nothing per row reaches the driver), halving a step
+    that would raise the loss. Not MLlib's LogisticRegression: inside a training run, MLflow's
+    autologging would log its params into the model's run.
+
+    Raises:
+        ValueError: ``scored`` has no rows, or its labels are all of one class.
+    """
+    rows = scored.select(
+        _logit(F.col(score_col).cast("double")).alias("_z"),
+        F.col(label_col).cast("double").alias("_y"),
+    ).persist()
+    try:
+        stats = rows.agg(F.count(F.lit(1)).alias("n"), F.avg("_y").alias("rate")).first()
+        if stats is None or not stats["n"] or stats["rate"] in (0.0, 1.0):
+            raise ValueError("cannot calibrate: no rows, or labels of one class only")
+
+        def sums(a: float, b: float) -> tuple[float, list[float], list[list[float]]]:
+            z, y = F.col("_z"), F.col("_y")
+            m = F.lit(a) * z + F.lit(b)
+            q = 1 / (1 + F.exp(-m))
+            w = q * (1 - q)
+            # log(1 + e^m) - y·m, written to stay finite for large |m|.
+            loss = F.greatest(m, F.lit(0.0)) + F.log1p(F.exp(-F.abs(m))) - y * m
+            r = rows.agg(
+                F.sum(loss), F.sum((q - y) * z), F.sum(q - y),
+                F.sum(w * z * z), F.sum(w * z), F.sum(w),
+            ).first()  # fmt: skip
+            assert r is not None
+            return r[0], [r[1], r[2]], [[r[3] + 1e-9, r[4]], [r[4], r[5] + 1e-9]]
+
+        a, b = 1.0, 0.0
+        loss, g, h = sums(a, b)
+        for _ in range(max_iter):
+            det = h[0][0] * h[1][1] - h[0][1] * h[1][0]
+            da = (h[1][1] * g[0] - h[0][1] * g[1]) / det
+            db = (h[0][0] * g[1] - h[1][0] * g[0]) / det
+            step = 1.0
+            while True:
+                candidate = sums(a - step * da, b - step * db)
+                if candidate[0] <= loss or step < 1e-4:
+                    break
+                step /= 2
+            a, b = a - step * da, b - step * db
+            improved = loss - candidate[0]
+            loss, g, h = candidate
+            if abs(improved) < tolerance * max(1.0, abs(loss)):
+                break
+        return Platt(a, b)
+    finally:
+        rows.unpersist()
+
+
+def calibrated(scored: DataFrame, platt: Platt, *, score_col: str = SCORE) -> DataFrame:
+    """``scored`` with ``score_col`` replaced by its Platt-scaled probability."""
+    z = F.lit(platt.slope) * _logit(F.col(score_col)) + F.lit(platt.intercept)
+    return scored.withColumn(score_col, 1 / (1 + F.exp(-z)))

@@ -64,8 +64,13 @@ def apply_gate(
     metric: str,
     margin: float,
     larger_is_better: bool = True,
+    refusal: str | None = None,
 ) -> GateDecision:
-    """Decide, move the alias if promoted, and tag the challenger version with the decision."""
+    """Decide, move the alias if promoted, and tag the challenger version with the decision.
+
+    A ``refusal`` (a reason the challenger is unfit whatever its metric) keeps the champion, or
+    leaves the alias unset when there is none.
+    """
     current = champion_version(client, model_name)
     promoted, reason = decide(
         challenger_metric,
@@ -74,6 +79,8 @@ def apply_gate(
         margin=margin,
         larger_is_better=larger_is_better,
     )
+    if refusal:
+        promoted, reason = False, refusal
     if promoted:
         client.set_registered_model_alias(model_name, CHAMPION, challenger_version)
     client.set_model_version_tag(

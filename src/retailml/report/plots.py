@@ -168,6 +168,7 @@ COMPARISON_METRICS = (
     ("pr_auc", "PR-AUC", True),
     ("lift_at_10", "lift@10%", True),
     ("brier", "Brier (lower is better)", False),
+    ("ece", "ECE (lower is better)", False),
 )
 
 
@@ -244,6 +245,55 @@ def gain_chart(
             xlabel="decile (1 = highest scores)",
             ylabel="share who bought",
         )
+        return _png(fig)
+
+
+def reliability(
+    bins: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+) -> bytes:
+    """The reliability diagram: per probability bin, the positive rate against the mean
+    probability, one line per model (marker size: the bin's rows); the diagonal is perfect
+    calibration.
+
+    Args:
+        bins: Model label → (mean probability, positive rate, rows) per non-empty bin.
+    """
+    with _figure(height=4.4, width=WIDTH * 0.55) as (fig, ax):
+        ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
+        for (label, (p, rate, rows)), color in zip(bins.items(), colors(len(bins)), strict=False):
+            largest = max(rows) if rows else 1
+            ax.plot(p, rate, "-", color=color, linewidth=1.2, label=label)
+            ax.scatter(p, rate, s=[12 + 60 * n / largest for n in rows], color=color)
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set(
+            title="Reliability (held-out cutoff)",
+            xlabel="predicted probability (bin mean)",
+            ylabel="share who bought",
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+        )
+        ax.legend(loc="upper left", fontsize=8)
+        return _png(fig)
+
+
+def expected_vs_actual(
+    expected: Sequence[float], actual: Sequence[float], *, featured: str
+) -> bytes:
+    """Buyers expected (the sum of the probabilities) and actual, per score decile."""
+    with _figure(height=3.8) as (fig, ax):
+        x = list(range(1, len(expected) + 1))
+        c = colors(2)
+        ax.bar([i - 0.2 for i in x], expected, width=0.4, color=c[0], label="expected")
+        ax.bar([i + 0.2 for i in x], actual, width=0.4, color=c[1], label="actual")
+        ax.set_xticks(x)
+        ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
+        ax.set(
+            title=f"Expected and actual buyers by score decile — {featured} (held-out cutoff)",
+            xlabel="decile (1 = highest scores)",
+            ylabel="buyers",
+        )
+        ax.legend(loc="upper right", fontsize=8)
         return _png(fig)
 
 

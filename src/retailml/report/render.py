@@ -135,6 +135,22 @@ def _model_plots(
                 gains, curves["decile_rate"], featured=featured.label, base_rate=base_rate
             ),
         )
+    bins = {
+        f.label: (f.curves["bin_probability"], f.curves["bin_rate"], f.curves["bin_rows"])
+        for f in with_curves
+        if f.curves and f.curves.get("bin_probability")
+    }
+    if bins:
+        add(D.MODELS, "Calibration", lambda: plots.reliability(bins))
+    if featured is not None and featured.curves and featured.curves.get("decile_expected"):
+        decile = featured.curves
+        add(
+            D.MODELS,
+            "Expected and actual buyers",
+            lambda: plots.expected_vs_actual(
+                decile["decile_expected"], decile["decile_actual"], featured=featured.label
+            ),
+        )
 
 
 def _num(value: float | int | None, digits: int = 0) -> str:

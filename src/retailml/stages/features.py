@@ -7,7 +7,10 @@ only from events strictly before T, and its label says whether the customer boug
 Cutoffs (:func:`cutoff_dates`): the score cutoff is the day after the last event, with no label
 yet; the holdout cutoff is the latest whose label window is complete; the training cutoffs lie
 further back, so that every training label window ends on or before the holdout cutoff and no
-training row has seen the holdout period.
+training row has seen the holdout period. Two calibration cutoffs, labelled, are the ones the
+probabilities at the holdout and at the score cutoff are calibrated on: 52 weeks before each
+(the same season, the same weekdays: purchase rates move with the season far more than the
+features see), or, when the data do not reach back that far, the window just before each.
 
 Scale: transactions are summarised once per customer and day (and per customer and product or
 category, and per gap between purchase days). Those tables are much smaller than the event log
@@ -60,6 +63,8 @@ _CARTS = "carts"
 _AGE = "age"
 
 _SECONDS_PER_DAY = 86_400
+# A year back, in whole weeks: the same season and the same weekdays.
+SEASON_DAYS = 364
 # Stands in for a missing invoice id, so such lines make one invoice per customer and day.
 _NO_INVOICE = "\u0000"
 
@@ -117,7 +122,7 @@ class FeaturesResult:
             at = ", ".join(d.isoformat() for d in dates)
             rate = self.positive_rate.get(split)
             bought = f"; label rate {rate:.1%}" if rate is not None and split != S.SCORE else ""
-            lines.append(f"{split:<8} {self.rows.get(split, 0):>8,} rows at {at}{bought}")
+            lines.append(f"{split:<11} {self.rows.get(split, 0):>8,} rows at {at}{bought}")
         return lines
 
 
@@ -143,7 +148,9 @@ def cutoff_dates(
         spacing_days: Days between consecutive training cutoffs.
 
     Returns:
-        ``{"train": [T_0 > T_1 > ...], "holdout": [H], "score": [S]}``.
+        ``{"train": [T_0 > T_1 > ...], "holdout": [H], "score": [S], "calibration": [C_H,
+        C_S]}``: ``C_X = X - 364 days`` when both lie at least ``horizon_days`` after
+        ``first_date``, else ``C_H = T_0`` (``H - horizon``) and ``C_S = H``; ``C_H < C_S``.
 
     Raises:
         ValueError: A non-positive argument, or too little history: the oldest training cutoff
@@ -172,7 +179,10 @@ def cutoff_dates(
             f"with a {horizon_days}-day horizon need at least {needed} days of data, but "
             f"{first_date} to {last_date} is {have} day(s)"
         )
-    return {S.TRAIN: train, S.HOLDOUT: [holdout], S.SCORE: [score]}
+    seasonal = [holdout - timedelta(days=SEASON_DAYS), score - timedelta(days=SEASON_DAYS)]
+    if seasonal[0] < first_date + timedelta(days=horizon_days):
+        seasonal = [train[0], holdout]
+    return {S.TRAIN: train, S.HOLDOUT: [holdout], S.SCORE: [score], S.CALIBRATION: seasonal}
 
 
 def _utc_day(column: str) -> Column:
@@ -453,7 +463,17 @@ def run(settings: Settings, spark: SparkSession) -> FeaturesResult:
         score = features_from_history(
             history, cutoffs[S.SCORE], horizon_days=f.horizon_days, label=False
         )
-        lake.overwrite("silver.customer_features", train_holdout.unionByName(score))
+        # Its own call: a calibration cutoff can be a training or the holdout cutoff too.
+        calibration = features_from_history(
+            history,
+            cutoffs[S.CALIBRATION],
+            horizon_days=f.horizon_days,
+            split_of=dict.fromkeys(cutoffs[S.CALIBRATION], S.CALIBRATION),
+        )
+        lake.overwrite(
+            "silver.customer_features",
+            train_holdout.unionByName(score).unionByName(calibration),
+        )
     finally:
         history.unpersist()
 
@@ -470,6 +490,6 @@ def run(settings: Settings, spark: SparkSession) -> FeaturesResult:
         rows={s: int(by_split[s]["rows"]) if s in by_split else 0 for s in cutoffs},
         positive_rate={
             s: float(by_split[s]["positive_rate"] or 0.0) if s in by_split else 0.0
-            for s in (S.TRAIN, S.HOLDOUT)
+            for s in (S.TRAIN, S.HOLDOUT, S.CALIBRATION)
         },
     )

@@ -1,15 +1,19 @@
 """Score: the registry's champion scores every customer at the latest cutoff.
 
 The model is always loaded through the alias (``models:/retailml-propensity@champion``), never
-from a training run, so what runs here is exactly what the gate promoted. Writes
-``gold.purchase_propensity`` (history: re-scoring an as-of date replaces that date's rows) and
-``gold.top_buyers`` (the top N of the latest as-of date, with their key facts).
+from a training run, so what runs here is exactly what the gate promoted. Its probabilities are
+calibrated for the window they are about: Platt-scaled on the score cutoff's calibration cutoff
+(52 weeks before it, the same season, or the holdout when the data are shorter), as training
+calibrated them for the holdout. Summed, they are the expected number of buyers in the next
+``features.horizon_days``. Writes ``gold.purchase_propensity`` (history: re-scoring an as-of
+date replaces that date's rows) and ``gold.top_buyers`` (the top N of the latest as-of date,
+with their key facts).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 
 import mlflow
 import mlflow.spark
@@ -22,7 +26,7 @@ from retailml import schemas as S
 from retailml.errors import RetailmlError
 from retailml.lakehouse import Lakehouse
 from retailml.ml import registry, tracking
-from retailml.ml.propensity import SCORE, score_column
+from retailml.ml.propensity import SCORE, Platt, calibrated, fit_platt, score_column
 from retailml.settings import Settings
 
 
@@ -34,14 +38,26 @@ class ScoreResult:
     model_version: str
     customers: int
     top: list[tuple[int, str, float]]  # (rank, customer, probability) of the first rows
+    expected_buyers: float = 0.0  # the sum of the probabilities
+    horizon_days: int = 0
+    platt: Platt = field(default_factory=Platt)
+    calibration_cutoff: date | None = None
 
     def headline(self) -> str:
-        return f"{self.customers:,} customers scored by version {self.model_version}"
+        return (
+            f"{self.customers:,} customers scored by version {self.model_version}; "
+            f"{self.expected_buyers:,.0f} expected buyers"
+        )
 
     def summary(self) -> list[str]:
+        end = self.as_of + timedelta(days=self.horizon_days - 1)
+        on = f"on {self.calibration_cutoff}" if self.calibration_cutoff else "(no usable cutoff)"
         lines = [
             f"scored {self.customers:,} customers as of {self.as_of} with "
             f"champion version {self.model_version}",
+            f"expected buyers {self.as_of} .. {end}: {self.expected_buyers:,.0f} "
+            f"({self.expected_buyers / max(self.customers, 1):.1%} of the customers); "
+            f"calibrated {on}: slope {self.platt.slope:.3f}, intercept {self.platt.intercept:.3f}",
             "top predicted buyers:",
             f"  {'rank':>4}  {'customer':<12} {'probability':>11}",
         ]
@@ -49,13 +65,19 @@ class ScoreResult:
 
 
 def score_customers(
-    model: PipelineModel, features: DataFrame, *, model_name: str, model_version: str
+    model: PipelineModel,
+    features: DataFrame,
+    *,
+    model_name: str,
+    model_version: str,
+    platt: Platt | None = None,
 ) -> DataFrame:
-    """Probability, rank (1 = most likely to buy) and decile (1 = top 10%) for every row.
+    """Probability (Platt-scaled with ``platt``), rank (1 = most likely to buy) and decile
+    (1 = top 10%) for every row.
 
     Ties in probability are broken by customer id, so ranks are reproducible.
     """
-    scored = score_column(model.transform(features)).select(
+    scored = calibrated(score_column(model.transform(features)), platt or Platt()).select(
         S.CUSTOMER_ID, F.col(S.CUTOFF_DATE).alias(S.AS_OF_DATE), F.col(SCORE).alias(S.PROBABILITY)
     )
     # One ordering over all customers of one as-of date: a single-partition sort of two
@@ -124,8 +146,18 @@ def load_champion(client: MlflowClient, name: str) -> tuple[PipelineModel, str]:
 def run(settings: Settings, spark: SparkSession) -> ScoreResult:
     """Score the latest cutoff with the champion and write the gold tables."""
     lake = Lakehouse(settings, spark)
-    features = lake.read("silver.customer_features").where(F.col(S.SPLIT) == S.SCORE)
+    table = lake.read("silver.customer_features")
+    features = table.where(F.col(S.SPLIT) == S.SCORE)
     model, version = load_champion(tracking.configure(settings), settings.train.model_name)
+    # The score's calibration cutoff is the later of the two (the other is the holdout's).
+    in_calibration = F.col(S.SPLIT) == S.CALIBRATION
+    latest = table.where(in_calibration).agg(F.max(S.CUTOFF_DATE)).first()
+    calibration_cutoff = latest[0] if latest else None
+    try:
+        calibration = table.where(in_calibration & (F.col(S.CUTOFF_DATE) == calibration_cutoff))
+        platt = fit_platt(score_column(model.transform(calibration)))
+    except ValueError:  # no usable calibration rows (tiny data): the model's probabilities
+        platt, calibration_cutoff = Platt(), None
     row = features.agg(F.max(S.CUTOFF_DATE)).first()
     if row is None or row[0] is None:
         raise RetailmlError(
@@ -134,7 +166,7 @@ def run(settings: Settings, spark: SparkSession) -> ScoreResult:
     as_of: date = row[0]
     features = features.where(F.col(S.CUTOFF_DATE) == F.lit(as_of))
     propensity = score_customers(
-        model, features, model_name=settings.train.model_name, model_version=version
+        model, features, model_name=settings.train.model_name, model_version=version, platt=platt
     )
     lake.replace_where("gold.purchase_propensity", propensity, f"{S.AS_OF_DATE} = '{as_of}'")
 
@@ -147,4 +179,14 @@ def run(settings: Settings, spark: SparkSession) -> ScoreResult:
         (int(r[S.RANK]), str(r[S.CUSTOMER_ID]), float(r[S.PROBABILITY]))
         for r in lake.read("gold.top_buyers").orderBy(S.RANK).limit(10).collect()
     ]
-    return ScoreResult(as_of=as_of, model_version=version, customers=written.count(), top=top)
+    totals = written.agg(F.count(F.lit(1)).alias("n"), F.sum(S.PROBABILITY).alias("p")).first()
+    return ScoreResult(
+        as_of=as_of,
+        model_version=version,
+        customers=int(totals["n"]) if totals else 0,
+        top=top,
+        expected_buyers=float(totals["p"] or 0.0) if totals else 0.0,
+        horizon_days=settings.features.horizon_days,
+        platt=platt,
+        calibration_cutoff=calibration_cutoff,
+    )

