@@ -53,10 +53,13 @@ def test_metrics_match_a_plain_python_reference(spark: SparkSession) -> None:
     bins: dict[int, list[tuple[float, int]]] = {}
     for s, y in zip(SCORES, LABELS, strict=True):
         bins.setdefault(min(int(s * 10), 9), []).append((s, y))
-    ece = sum(
-        len(b) * abs(sum(s for s, _ in b) / len(b) - sum(y for _, y in b) / len(b))
-        for b in bins.values()
-    ) / 20
+    ece = (
+        sum(
+            len(b) * abs(sum(s for s, _ in b) / len(b) - sum(y for _, y in b) / len(b))
+            for b in bins.values()
+        )
+        / 20
+    )
     assert m.ece == pytest.approx(ece)
 
 
