@@ -2,8 +2,10 @@
 purchase probabilities (ground truth), and measure it exactly like ``retailml task recommend``.
 
 For customer c and product p the generator draws a basket line from
-0.30 × favourite weight(c, p) + 0.55 × taste(c, category(p)) × popularity of p within its
-category + 0.15 × popularity(p) (data/ground_truth/README.txt); ranking by that is the oracle.
+f × favourite weight(c, p) + t × taste(c, category(p)) × popularity of p within its category
++ (1 − f − t) × popularity(p), with the shop profile's shares f and t (0.30 and 0.55 for the
+gift shop, 0.70 and 0.20 for the grocery; data/ground_truth/profile.json); ranking by that is
+the oracle, in both modes (all products, and products new to the customer).
 
 Run after ``make run`` (it reads silver.transactions and data/ground_truth):
 
@@ -12,6 +14,7 @@ Run after ``make run`` (it reads silver.transactions and data/ground_truth):
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -61,6 +64,13 @@ def main() -> None:
         F.col("product_id").cast("string").alias(S.PRODUCT_ID),
         F.col("weight").alias("fav"),
     )
+    # The shop profile's shares of the three ways a line is drawn (gift: 0.30, 0.55, 0.15).
+    shares_file = truth / "profile.json"
+    shares = (
+        json.loads(shares_file.read_text())
+        if shares_file.is_file()
+        else {"favourite": 0.30, "taste": 0.55, "popular": 0.15}
+    )
     probability = (
         evaluated.join(taste, S.CUSTOMER_ID)
         .join(in_category, "category")
@@ -69,9 +79,9 @@ def main() -> None:
             S.CUSTOMER_ID,
             S.PRODUCT_ID,
             (
-                0.30 * F.coalesce(F.col("fav"), F.lit(0.0))
-                + 0.55 * F.col("taste") * F.col("pop_in_cat")
-                + 0.15 * F.col("popularity")
+                shares["favourite"] * F.coalesce(F.col("fav"), F.lit(0.0))
+                + shares["taste"] * F.col("taste") * F.col("pop_in_cat")
+                + shares["popular"] * F.col("popularity")
             ).alias("p"),
         )
     )

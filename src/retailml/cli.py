@@ -105,6 +105,11 @@ def cli(ctx: click.Context, config: Path | None, overrides: dict, debug: bool) -
 @click.option("--seed", type=int, help="Random seed (same seed, same bytes).")
 @click.option("--malformed-fraction", type=float, help="Share of deliberately broken lines.")
 @click.option(
+    "--profile",
+    type=click.Choice(["gift", "grocery"]),
+    help="The kind of shop: gift (like the UCI data) or grocery (most lines rebuys).",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     help="Output folder (default: the data_dir setting).",

@@ -95,6 +95,11 @@ class GenerateSettings(_Section):
     malformed_fraction: float = Field(0.002, ge=0, lt=1)
     guest_fraction: float = Field(0.05, ge=0, lt=1)
     return_fraction: float = Field(0.02, ge=0, lt=1)
+    profile: Literal["gift", "grocery"] = Field(
+        "gift",
+        description="The kind of shop: gift (like the UCI data, a third of lines rebuys) or "
+        "grocery (most lines rebuys of a customer's staples).",
+    )
 
 
 class IngestSettings(_Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -269,3 +270,32 @@ def test_invalid_arguments_name_the_parameter(tmp_path: Path, name: str, value: 
     with pytest.raises(ValueError, match=name):
         generate(tmp_path, **{**SIZES, name: value})
     assert not (tmp_path / "transactions").exists()
+
+
+def test_a_grocery_rebuys_more_than_a_gift_shop(tmp_path: Path) -> None:
+    def rebuy_share(profile: str) -> float:
+        summary = generate(
+            tmp_path / profile,
+            customers=300,
+            products=400,
+            days=200,
+            start_date=START,
+            malformed_fraction=0.0,
+            profile=profile,
+        )
+        shares = json.loads((summary.ground_truth_dir / "profile.json").read_text())
+        assert shares["profile"] == profile
+        assert shares["favourite"] + shares["taste"] + shares["popular"] == pytest.approx(1.0)
+        seen: set[tuple[str, str]] = set()
+        rebuys = lines = 0
+        for r in _rows(summary):  # in time order
+            if r[6] and r[0][0].isdigit() and r[1] not in SERVICE_CODES:
+                lines += 1
+                rebuys += (r[6], r[1]) in seen
+                seen.add((r[6], r[1]))
+        return rebuys / lines
+
+    gift, grocery = rebuy_share("gift"), rebuy_share("grocery")
+    assert grocery > gift + 0.1, (gift, grocery)
+    with pytest.raises(ValueError, match="profile must be one of gift, grocery"):
+        generate(tmp_path / "x", customers=10, products=10, days=10, profile="pharmacy")

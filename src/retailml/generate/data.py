@@ -54,6 +54,7 @@ def generate_data(
         malformed_fraction=g.malformed_fraction,
         guest_fraction=g.guest_fraction,
         return_fraction=g.return_fraction,
+        profile=g.profile,
     )
     # Paths become strings; everything else in the summary is already JSON.
     stored_summary = json.loads(json.dumps(dataclasses.asdict(summary), default=str))

@@ -11,6 +11,7 @@ import numpy as np
 from retailml.generate.world import (
     MAX_CUSTOMERS,
     MAX_STOCK_CODES,
+    PROFILES,
     build_world,
     write_ground_truth,
 )
@@ -92,6 +93,7 @@ def generate(
     guest_fraction: float = 0.05,
     return_fraction: float = 0.02,
     ground_truth_dir: Path | None = None,
+    profile: str = "gift",
 ) -> GenerateSummary:
     """Generate a synthetic retail data set in the UCI Online Retail II CSV layout.
 
@@ -114,6 +116,8 @@ def generate(
         return_fraction: Share of customers' purchase lines cancelled 1–30 days later.
         ground_truth_dir: Where the ground truth goes; default ``out_dir/ground_truth``. Must
             not be inside ``out_dir/transactions``.
+        profile: The kind of shop: ``gift`` (like the UCI data: 30% of a customer's lines are
+            their favourites) or ``grocery`` (70%, and more favourites: most lines rebuys).
 
     Returns:
         What was written.
@@ -133,6 +137,8 @@ def generate(
             "return_fraction": return_fraction,
         },
     )
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     out_dir = Path(out_dir)
     transactions_dir = out_dir / "transactions"
     truth_dir = Path(ground_truth_dir) if ground_truth_dir is not None else out_dir / "ground_truth"
@@ -148,6 +154,7 @@ def generate(
         products=products,
         start_date=start_date,
         days=days,
+        profile=PROFILES[profile],
     )
     write_ground_truth(world, truth_dir)
     counts = write_transactions(

@@ -7,6 +7,7 @@ O(customers + products). The stream (:mod:`retailml.generate.writer`) only reads
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -449,8 +450,38 @@ RATE_SHAPE = 0.7  # gamma shape < 1: most customers are occasional, a few are he
 MEAN_LIFETIME_DAYS = 880.0  # exponential churn hazard: ~40 % lapse within two years
 ALREADY_ACTIVE_SHARE = 1 / 3
 TASTE_ALPHA = 0.3
-FAVOURITES_MEAN_EXTRA = 3.0  # favourites per customer: 2 + Poisson(3)
 FAVOURITE_CANDIDATES = 24
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What kind of shop the world is: how much of a basket is the customer's own favourites.
+
+    Attributes:
+        name: ``gift`` or ``grocery``.
+        favourite_share: Share of a registered customer's lines drawn from their favourites.
+        taste_share: Share drawn by category taste; the rest is the catalogue by popularity.
+        favourites_min: Favourites per customer: this many ...
+        favourites_mean_extra: ... plus Poisson with this mean.
+    """
+
+    name: str
+    favourite_share: float
+    taste_share: float
+    favourites_min: int
+    favourites_mean_extra: float
+
+    @property
+    def global_share(self) -> float:
+        return 1.0 - self.favourite_share - self.taste_share
+
+
+# A gift shop like the UCI data (a third of lines rebuys), and a grocery (most lines rebuys of
+# a customer's staples).
+PROFILES = {
+    "gift": Profile("gift", 0.30, 0.55, 2, 3.0),
+    "grocery": Profile("grocery", 0.70, 0.20, 4, 6.0),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,6 +576,7 @@ class World:
         population: The customers.
         multiplier: Calendar multiplier per day (weekly × seasonal, 0 on closed days).
         christmas_factor: Weight of the christmas category per day, relative to its taste weight.
+        profile: The kind of shop (how baskets mix favourites, taste and popularity).
     """
 
     start_date: date
@@ -553,6 +585,7 @@ class World:
     population: Population
     multiplier: np.ndarray
     christmas_factor: np.ndarray
+    profile: Profile = PROFILES["gift"]
 
     def category_factors(self, day: int) -> np.ndarray:
         """Per-category weight multipliers on ``day`` (1 except for the christmas category)."""
@@ -687,11 +720,14 @@ def sample_by_taste(
 
 
 def _favourites(
-    rng: np.random.Generator, catalogue: Catalogue, taste: np.ndarray
+    rng: np.random.Generator, catalogue: Catalogue, taste: np.ndarray, profile: Profile
 ) -> tuple[np.ndarray, np.ndarray]:
     """Favourite products per customer: the first few distinct taste-driven draws."""
     customers = len(taste)
-    wanted = np.minimum(2 + rng.poisson(FAVOURITES_MEAN_EXTRA, customers), catalogue.size)
+    wanted = np.minimum(
+        profile.favourites_min + rng.poisson(profile.favourites_mean_extra, customers),
+        catalogue.size,
+    )
     # In chunks: one row of category weights per candidate would be large for many customers.
     candidates = np.concatenate(
         [
@@ -714,7 +750,11 @@ def _favourites(
 
 
 def build_population(
-    rng: np.random.Generator, catalogue: Catalogue, customers: int, days: int
+    rng: np.random.Generator,
+    catalogue: Catalogue,
+    customers: int,
+    days: int,
+    profile: Profile = PROFILES["gift"],
 ) -> Population:
     """Draw the customer population (see :class:`Population`)."""
     span = min(max(3 * customers, 6000), MAX_CUSTOMERS)
@@ -732,7 +772,7 @@ def build_population(
     taste = np.maximum(taste, 1e-12)
     taste /= taste.sum(axis=1, keepdims=True)
 
-    fav_owner, fav_product = _favourites(rng, catalogue, taste)
+    fav_owner, fav_product = _favourites(rng, catalogue, taste, profile)
     raw = rng.gamma(1.0, 1.0, len(fav_owner))
     fav_weight = raw / np.bincount(fav_owner, weights=raw, minlength=customers)[fav_owner]
     return Population(
@@ -750,13 +790,19 @@ def build_population(
 
 
 def build_world(
-    rng: np.random.Generator, *, customers: int, products: int, start_date: date, days: int
+    rng: np.random.Generator,
+    *,
+    customers: int,
+    products: int,
+    start_date: date,
+    days: int,
+    profile: Profile = PROFILES["gift"],
 ) -> World:
     """Draw the whole world from ``rng`` in a fixed order."""
     catalogue = build_catalogue(rng, products)
-    population = build_population(rng, catalogue, customers, days)
+    population = build_population(rng, catalogue, customers, days, profile)
     multiplier, christmas = build_calendar(start_date, days)
-    return World(start_date, days, catalogue, population, multiplier, christmas)
+    return World(start_date, days, catalogue, population, multiplier, christmas, profile)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -786,10 +832,12 @@ Guest invoices (empty Customer ID) come on top: Poisson with mean
 
 Basket contents. Lines per basket: geometric with mean 6 (distinct products; duplicates
 drawn within a basket are dropped). Each line's product is drawn from
-    30 %  the customer's favourites, by favourite weight;
-    55 %  a category by taste (christmas weighted by christmas_factor), then a product
+    {favourite:>3.0f} %  the customer's favourites, by favourite weight;
+    {taste:>3.0f} %  a category by taste (christmas weighted by christmas_factor), then a product
           of that category by popularity;
-    15 %  the whole catalogue by popularity (christmas products weighted by christmas_factor).
+    {popular:>3.0f} %  the whole catalogue by popularity (christmas products weighted by
+          christmas_factor).
+(The "{profile}" shop profile; profile.json has these shares.)
 Guest lines always use the last rule.
 
 Returns. A share return_fraction of registered customers' purchase lines is cancelled 1-30
@@ -883,4 +931,18 @@ def write_ground_truth(world: World, directory: Path) -> None:
             )
         ),
     )
-    (directory / "README.txt").write_text(README, encoding="utf-8", newline="\n")
+    profile = world.profile
+    shares = {
+        "profile": profile.name,
+        "favourite": profile.favourite_share,
+        "taste": profile.taste_share,
+        "popular": profile.global_share,
+    }
+    (directory / "profile.json").write_text(json.dumps(shares, indent=1), encoding="utf-8")
+    text = README.format(
+        profile=profile.name,
+        favourite=100 * profile.favourite_share,
+        taste=100 * profile.taste_share,
+        popular=100 * profile.global_share,
+    )
+    (directory / "README.txt").write_text(text, encoding="utf-8", newline="\n")

@@ -39,8 +39,7 @@ FILE_PATTERN = "online_retail_*.csv"
 FIRST_INVOICE = 489434  # the first invoice number of UCI Online Retail II
 
 MEAN_LINES = 6.0  # geometric lines per basket, before dropping repeated products
-# Cumulative shares of the line modes: favourites, taste-weighted category, global popularity.
-MODE_CUM = np.array([0.30, 0.85])
+# The line modes: favourites, taste-weighted category, global popularity (shares: the profile).
 FAVOURITE, TASTE, GLOBAL = 0, 1, 2
 
 QTY_VALUES = np.array([1, 2, 3, 4, 5, 6, 8, 10, 12])
@@ -145,6 +144,10 @@ class _Stream:
         self.guest_ratio = guest_fraction / (1.0 - guest_fraction)
         self.return_fraction = return_fraction
         self.country_cum = np.cumsum(COUNTRY_PROBS)
+        profile = world.profile
+        self.mode_cum = np.array(
+            [profile.favourite_share, profile.favourite_share + profile.taste_share]
+        )
         self.pending: dict[int, list[_Lines]] = {}
 
     def _minutes(self, n: int) -> np.ndarray:
@@ -174,7 +177,7 @@ class _Stream:
         basket = np.repeat(np.arange(baskets), sizes)
         customer = basket_customer[basket]
         n = len(basket)
-        mode = np.searchsorted(MODE_CUM, rng.random(n), side="right")
+        mode = np.searchsorted(self.mode_cum, rng.random(n), side="right")
         mode[customer < 0] = GLOBAL  # guests have no taste or favourites on record
 
         factors = world.category_factors(day)
