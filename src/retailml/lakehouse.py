@@ -176,12 +176,15 @@ class Lakehouse:
         """Replace exactly the rows matching ``condition`` with ``df`` (one atomic commit).
 
         Every row of ``df`` must match the condition; Delta rejects the write otherwise. This is
-        the idempotent write for a slice of a table (one source file, one as-of date).
+        the idempotent write for a slice of a table (one source file, one as-of date). A column
+        the table lacks (written by an earlier version of the schema) is added, null in the
+        rows not replaced.
         """
         if not self.exists(name):
             self._write(name, df, mode="overwrite")
             return
-        self._write(name, df, mode="overwrite", options={"replaceWhere": condition})
+        options = {"replaceWhere": condition, "mergeSchema": "true"}
+        self._write(name, df, mode="overwrite", options=options)
 
     def append(self, name: str, df: DataFrame) -> None:
         """Add rows. Use only where re-running cannot duplicate (for example a run log)."""

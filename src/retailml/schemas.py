@@ -201,9 +201,14 @@ MODEL_VERSION = "model_version"
 SCORED_AT = "scored_at"
 SCORE_VALUE = "score"
 SOURCE = "source"
-# Where a recommendation came from: the ALS model, or the popularity fallback.
+# Where a recommendation came from: the generator that proposed it (the ranker's candidates:
+# repeat, item_knn, als, popular), or the popularity fill ("popular").
 SOURCE_ALS = "als"
 SOURCE_POPULAR = "popular"
+# Which list a recommendation is on: rebuys allowed, or never-bought products only.
+LIST = "list"
+FOR_YOU = "for_you"
+DISCOVER = "discover"
 
 PURCHASE_PROPENSITY = _fields(
     (CUSTOMER_ID, StringType(), False),
@@ -230,6 +235,7 @@ TOP_BUYERS = _fields(
 
 RECOMMENDATIONS = _fields(
     (CUSTOMER_ID, StringType(), False),
+    (LIST, StringType(), False),
     (RANK, IntegerType(), False),
     (PRODUCT_ID, StringType(), False),
     (PRODUCT_NAME, StringType(), True),

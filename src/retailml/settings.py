@@ -286,10 +286,16 @@ class ScoreSettings(_Section):
 
 
 class RecommendSettings(_Section):
-    """The implicit-feedback ALS recommender."""
+    """The two-stage recommender: candidate generators (repeat, item-kNN, implicit-feedback
+    ALS, popularity) and a learned ranker per list (for_you, discover)."""
 
     k: int = Field(5, ge=1, description="Recommendations per customer.")
-    exclude_purchased: bool = Field(True, description="Never recommend what was bought before.")
+    exclude_purchased: bool = Field(
+        True,
+        description="The champion gate judges the discover list (never-bought products, NDCG@k "
+        "against new products); false: the for_you list (rebuys allowed, against everything "
+        "bought). Both lists are always written.",
+    )
     eval_days: int = Field(30, ge=1, description="Evaluation window after the cutoff.")
     popular_days: int = Field(90, ge=1, description="Recent window for the popularity fallback.")
     ranks: list[int] = Field(default_factory=lambda: [10, 30], min_length=1)
@@ -310,6 +316,28 @@ class RecommendSettings(_Section):
         "and candidates.",
     )
     promotion_margin: float = Field(0.001, ge=0, description="NDCG@k gain to replace the champion.")
+    candidates: int = Field(
+        20, ge=1, description="Candidates per generator and customer the ranker sees."
+    )
+    repeat_half_lives: list[float] = Field(
+        default_factory=lambda: [30.0, 90.0, 365.0],
+        min_length=1,
+        description="Half-lives (days) of the repeat generator's time decay, tuned on NDCG@k "
+        "(all products) of the evaluation window.",
+    )
+    knn_neighbours: int = Field(20, ge=1, description="Item-kNN: neighbours kept per product.")
+    knn_lookback_days: int = Field(
+        365, ge=1, description="Item-kNN: co-purchases in this many days before the cutoff."
+    )
+    knn_recent_products: int = Field(
+        50,
+        ge=2,
+        description="Item-kNN: each customer's this many most recent products form the "
+        "co-purchase pairs (bounds memory at customers × this²).",
+    )
+    ranker_max_depth: int = Field(3, ge=1, description="Depth of the ranker's trees.")
+    ranker_trees: int = Field(150, ge=1, description="Boosting rounds of the ranker.")
+    ranker_learning_rate: float = Field(0.05, gt=0, le=1)
     experiment: str = "retailml-recommendations"
     model_name: str = "retailml-recommender"
 

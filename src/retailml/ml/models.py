@@ -32,6 +32,7 @@ def log_spark_model(
     *,
     output_col: str = "prediction",
     extra_requirements: Sequence[str] = (),
+    signature_model: Transformer | None = None,
 ) -> ModelInfo:
     """Log ``model`` to the active MLflow run as :data:`~retailml.ml.names.MODEL`, with a
     signature and pinned pip requirements (Unity Catalog's registry refuses a model without a
@@ -43,13 +44,16 @@ def log_spark_model(
             signature (a bounded collect).
         output_col: The model's output column the signature describes.
         extra_requirements: More distributions to pin (see :func:`pip_requirements`).
+        signature_model: The part of ``model`` the signature describes, when ``model`` as a
+            whole cannot transform ``example`` (the recommender's rankers read features the
+            task builds); ``model`` itself by default.
 
     Returns:
         MLflow's ``ModelInfo`` (``model_uri`` is what :func:`register_and_gate` takes).
     """
     rows = example.limit(EXAMPLE_ROWS)
     signature = mlflow.models.infer_signature(
-        rows.toPandas(), model.transform(rows).select(output_col).toPandas()
+        rows.toPandas(), (signature_model or model).transform(rows).select(output_col).toPandas()
     )
     # MLflow 3's other flavors take `name` and deprecate `artifact_path`; the Spark flavor's
     # log_model (3.17) still requires `artifact_path`, and does not warn for it.

@@ -28,6 +28,8 @@ AS_OF_DATE = "as_of_date"
 EVAL_CUTOFF = "eval_cutoff"
 EVAL_MODE = "eval_mode"
 EVAL_K = "eval_k"
+EVAL_LIST = "eval_list"  # the list the gate judged (for_you, discover)
+EVAL_KIND = "recommender_kind"  # RECOMMENDER_KIND below
 EVAL_NDCG = "eval_ndcg_at_k"  # on a model version
 
 # The report's run of a workflow run.
@@ -38,6 +40,10 @@ PARENT_RUN = "mlflow.parentRunId"
 # --- params ----------------------------------------------------------------------------------
 K = "k"
 TUNED_MODE = "tuned_mode"
+# The recommender's tuned repeat half-life; a version carries its tuned parameters as
+# param_<name> tags.
+HALF_LIFE_PARAM = "repeat_half_life"
+VERSION_PARAM_PREFIX = "param_"
 
 # --- metrics ---------------------------------------------------------------------------------
 HOLDOUT_PREFIX = "holdout_"  # a propensity family's held-out metrics: holdout_roc_auc, …
@@ -52,9 +58,20 @@ def ranking_prefix(model: str, mode: str) -> str:
     return f"{RANKING_MODEL_PREFIX[model]}_{mode}_"
 
 
-# The recommender's models and evaluation modes, as metric names spell them.
-ALS_MODEL, POPULAR_MODEL = "als", "popular"
-RANKING_MODEL_PREFIX = {ALS_MODEL: "als", POPULAR_MODEL: "pop"}
+# The recommender's models and evaluation modes, as metric names spell them: the two rankers
+# (one per list) and the four candidate generators.
+FOR_YOU_MODEL, DISCOVER_MODEL = "for_you", "discover"
+REPEAT_MODEL, KNN_MODEL, ALS_MODEL, POPULAR_MODEL = "repeat", "item_knn", "als", "popular"
+RANKING_MODEL_PREFIX = {
+    FOR_YOU_MODEL: "for_you",
+    DISCOVER_MODEL: "discover",
+    REPEAT_MODEL: "repeat",
+    KNN_MODEL: "knn",
+    ALS_MODEL: "als",
+    POPULAR_MODEL: "pop",
+}
+# What a recommender version is (a champion of another kind is not comparable).
+RECOMMENDER_KIND = "two_stage"
 ALL, NEW = "all", "new"
 MODES = (ALL, NEW)
 

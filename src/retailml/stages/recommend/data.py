@@ -63,6 +63,11 @@ def _known(transactions: DataFrame) -> DataFrame:
     return products_only(transactions).where(F.col(S.CUSTOMER_ID).isNotNull() & ~F.col(S.IS_GUEST))
 
 
+def known_purchases(transactions: DataFrame) -> DataFrame:
+    """Known customers' purchase lines of products (what repeat and item-kNN learn from)."""
+    return _known(transactions).where(F.col(S.EVENT_TYPE) == S.PURCHASE)
+
+
 def interactions(transactions: DataFrame) -> DataFrame:
     """One row per known customer and product they kept something of, with the implicit rating.
 
@@ -94,12 +99,7 @@ def interactions(transactions: DataFrame) -> DataFrame:
 def purchased(transactions: DataFrame) -> DataFrame:
     """Distinct (customer_id, product_id) a known customer has a purchase line of (returned or
     not: what was sent back is no better a recommendation)."""
-    return (
-        _known(transactions)
-        .where(F.col(S.EVENT_TYPE) == S.PURCHASE)
-        .select(S.CUSTOMER_ID, S.PRODUCT_ID)
-        .distinct()
-    )
+    return known_purchases(transactions).select(S.CUSTOMER_ID, S.PRODUCT_ID).distinct()
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from retailml.stages.recommend.data import (
 )
 from retailml.stages.recommend.serving import recommend_customers
 
-_MODE = "_mode"
+MODE_COLUMN = "_mode"  # the mode of a row of EvaluationSet.relevant
 T = TypeVar("T")
 
 
@@ -221,7 +221,7 @@ def tune(
             ALL: recommend_customers(data.customers, data.popular, k=k),
             NEW: recommend_customers(data.customers, data.popular, k=k, bought=data.prior),
         }
-        found = _metrics_by_mode(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
+        found = metrics_by_mode(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
         return _Measured(found, 0.0, 0.0)
 
     measure = functools.partial(
@@ -245,18 +245,20 @@ def tune(
 
 def _with_mode(frames: dict[str, DataFrame]) -> DataFrame:
     """One frame with a mode column, so both modes are measured in one pass."""
-    tagged = [df.withColumn(_MODE, F.lit(mode)) for mode, df in frames.items()]
+    tagged = [df.withColumn(MODE_COLUMN, F.lit(mode)) for mode, df in frames.items()]
     out = tagged[0]
     for df in tagged[1:]:
         out = out.unionByName(df)
     return out
 
 
-def _metrics_by_mode(
+def metrics_by_mode(
     recommended: dict[str, DataFrame], relevant: DataFrame, *, k: int, catalog_size: int
 ) -> dict[str, RankingMetrics]:
+    """Ranked lists by mode (``customer_id, product_id, rank``) → their metrics by mode,
+    against :attr:`EvaluationSet.relevant` (a mode without rows gets zeros)."""
     found = ranking_metrics_by(
-        _with_mode(recommended), relevant, group_col=_MODE, k=k, catalog_size=catalog_size
+        _with_mode(recommended), relevant, group_col=MODE_COLUMN, k=k, catalog_size=catalog_size
     )
     empty = RankingMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
     return {mode: found.get(mode, empty) for mode in MODES}
@@ -294,7 +296,7 @@ def _measure_point(
             ALL: top_k_from_candidates(candidates, data.indexers, k=k, masked=False),
             NEW: top_k_from_candidates(candidates, data.indexers, k=k),
         }
-        metrics = _metrics_by_mode(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
+        metrics = metrics_by_mode(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
     finally:
         candidates.unpersist()
     return _Measured(metrics, fit_seconds, time.monotonic() - started - fit_seconds)

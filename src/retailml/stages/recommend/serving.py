@@ -1,5 +1,5 @@
-"""Serving: every customer's ``k`` recommendations — the ALS rows first, then the popularity
-fill — and the ``gold.recommendations`` rows."""
+"""Serving: every customer's two lists of ``k`` recommendations — the ranker's rows first, then
+the popularity fill — and the ``gold.recommendations`` rows."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pyspark.sql import functions as F
 
 from retailml import schemas as S
 from retailml.errors import RetailmlError
-from retailml.stages.recommend.als import als_top_k
-from retailml.stages.recommend.data import POSITION, Indexers, persist
+from retailml.settings import RecommendSettings
+from retailml.stages.recommend.data import POSITION, Indexers, persist, popularity, purchased
+from retailml.stages.recommend.ranker import DISCOVER, FOR_YOU, candidates_at, rank_candidates
 
 # At most this many candidates beyond k per customer, to survive excluding bought products.
 MAX_EXTRA_CANDIDATES = 200
@@ -64,11 +65,12 @@ def recommend_customers(
     popular: DataFrame,
     *,
     k: int,
-    als: DataFrame | None = None,
+    ranked: DataFrame | None = None,
     bought: DataFrame | None = None,
     max_extra: int = MAX_EXTRA_CANDIDATES,
 ) -> DataFrame:
-    """Exactly ``k`` recommendations for each customer: ALS first, then the popularity fill.
+    """Exactly ``k`` recommendations for each customer: a model's first, then the popularity
+    fill.
 
     Works for any list of customers, including ones never seen before (they get ``k`` popular
     products, their country's first when it has a ranking).
@@ -77,35 +79,37 @@ def recommend_customers(
         customers: ``customer_id`` and optionally ``country`` (one row per customer).
         popular: The output of :func:`popularity`.
         k: Recommendations per customer.
-        als: ALS recommendations ``customer_id, product_id, score, rank``, ranked 1..n
-            without gaps per customer and already without excluded products, as
-            :func:`top_k` returns them; ranks beyond ``k`` and customers not in
+        ranked: A model's recommendations ``customer_id, product_id, score, rank`` and
+            optionally ``source`` (``als`` when absent), ranked 1..n without gaps per
+            customer and already without excluded products, as :func:`top_k` and
+            :func:`ranked` return them; ranks beyond ``k`` and customers not in
             ``customers`` are ignored.
         bought: (customer_id, product_id) pairs the fill must skip, or None to allow them.
         max_extra: Cap on how deep into the rankings a customer who bought many of the
             popular products is filled from.
 
     Returns:
-        ``customer_id, rank, product_id, score, source``: ALS rows first (by their rank), then
-        popular rows (country ranking before global), ranked 1..k without gaps.
+        ``customer_id, rank, product_id, score, source``: the model's rows first (by their
+        rank), then popular rows (country ranking before global), ranked 1..k without gaps.
     """
     people = customers.select(
         S.CUSTOMER_ID,
         F.col(S.COUNTRY) if S.COUNTRY in customers.columns else F.lit(None).cast("string"),
     ).toDF(S.CUSTOMER_ID, S.COUNTRY)
 
-    # Per customer: how many ALS rows they have and which products those are, and what they
+    # Per customer: how many model rows they have and which products those are, and what they
     # bought — as arrays, so the fill is a walk down one list per customer, with no row per
     # candidate and no shuffle beyond these two groupings.
     need = people
-    als_rows = None
-    if als is not None:
-        als_rows = (
-            als.where(F.col(S.RANK) <= k)
+    model_rows = None
+    if ranked is not None:
+        source = F.col(S.SOURCE) if S.SOURCE in ranked.columns else F.lit(S.SOURCE_ALS)
+        model_rows = (
+            ranked.where(F.col(S.RANK) <= k)
             .join(people.select(S.CUSTOMER_ID), S.CUSTOMER_ID, "left_semi")
-            .select(S.CUSTOMER_ID, S.RANK, S.PRODUCT_ID, S.SCORE_VALUE)
+            .select(S.CUSTOMER_ID, S.RANK, S.PRODUCT_ID, S.SCORE_VALUE, source.alias(S.SOURCE))
         )
-        taken = als_rows.groupBy(S.CUSTOMER_ID).agg(F.collect_list(S.PRODUCT_ID).alias(_TAKEN))
+        taken = model_rows.groupBy(S.CUSTOMER_ID).agg(F.collect_list(S.PRODUCT_ID).alias(_TAKEN))
         need = need.join(taken, S.CUSTOMER_ID, "left")
     else:
         need = need.withColumn(_TAKEN, F.lit(None).cast("array<string>"))
@@ -141,7 +145,7 @@ def recommend_customers(
         F.size(_TAKEN).alias("_n"),
         F.posexplode(F.slice(kept, 1, F.lit(k) - F.size(_TAKEN))).alias("_pos", "_e"),
     )
-    # ALS rows hold ranks 1..taken, so the fill continues at taken + 1: no second ranking.
+    # Model rows hold ranks 1..taken, so the fill continues at taken + 1: no second ranking.
     fill = picks.select(
         S.CUSTOMER_ID,
         (F.col("_n") + F.col("_pos") + 1).cast("int").alias(S.RANK),
@@ -149,14 +153,14 @@ def recommend_customers(
         F.col(f"_e.{S.SCORE_VALUE}").alias(S.SCORE_VALUE),
         F.lit(S.SOURCE_POPULAR).alias(S.SOURCE),
     )
-    if als_rows is None:
+    if model_rows is None:
         return fill
-    return als_rows.select(
+    return model_rows.select(
         S.CUSTOMER_ID,
         F.col(S.RANK).cast("int").alias(S.RANK),
         S.PRODUCT_ID,
         S.SCORE_VALUE,
-        F.lit(S.SOURCE_ALS).alias(S.SOURCE),
+        S.SOURCE,
     ).unionByName(fill)
 
 
@@ -167,6 +171,7 @@ def gold_rows(
     names = products.select(S.PRODUCT_ID, S.PRODUCT_NAME)
     return recommendations.join(F.broadcast(names), S.PRODUCT_ID, "left").select(
         S.CUSTOMER_ID,
+        S.LIST,
         S.RANK,
         S.PRODUCT_ID,
         S.PRODUCT_NAME,
@@ -179,55 +184,89 @@ def gold_rows(
 
 def serve(
     model: PipelineModel,
+    transactions: DataFrame,
     customers: DataFrame,
-    popular: DataFrame,
     *,
-    k: int,
-    bought: DataFrame | None,
-    max_extra: int = MAX_EXTRA_CANDIDATES,
-    keep: list[DataFrame] | None = None,
+    as_of: date,
+    half_life: float,
+    cfg: RecommendSettings,
+    categories: DataFrame,
+    keep: list[DataFrame],
 ) -> DataFrame:
-    """Top-k per customer from a registered model (indexers + ALS) with the popularity fill.
+    """Both lists for every customer from a registered two-stage recommender, each filled from
+    the popularity ranking to exactly ``k`` rows.
+
+    The generators run at ``as_of`` on all history (ALS from the model), each list's ranker
+    orders its candidates, and :func:`recommend_customers` fills: ``for_you`` may hold products
+    the customer bought, ``discover`` never does.
 
     Args:
-        model: ``PipelineModel`` of the customer and product ``StringIndexerModel`` and the
-            ``ALSModel``, as this stage registers it.
-        customers: ``customer_id`` (and ``country``) to recommend to.
-        popular: The output of :func:`popularity` at the as-of date.
-        k: Recommendations per customer.
-        bought: Pairs to exclude, or None to allow recommending what was bought.
-        max_extra: Cap on the extra ALS candidates asked for to survive the exclusion.
-        keep: When given, the ALS rows and ``popular`` are persisted and added to it (the fill
-            reads each several times; without it, each read recomputes them); the caller
-            unpersists them after its action.
+        model: The registered ``PipelineModel`` (see :func:`unpack`).
+        transactions: silver.transactions.
+        customers: ``customer_id, country`` (one row each).
+        as_of: The day after the last event.
+        half_life: The repeat generator's half-life the model was tuned with (days).
+        categories: ``product_id, category``.
+        keep: Persisted frames are added to it; the caller unpersists them after its action.
 
     Returns:
-        ``customer_id, rank, product_id, score, source``, exactly k rows per customer.
+        ``customer_id, list, rank, product_id, score, source``: ``k`` rows per customer and
+        list (fewer only from a catalogue that small).
     """
-    indexers, als_model = unpack(model)
-    best = als_top_k(als_model, indexers, k=k, customers=customers, exclude=bought)
-    if keep is not None:
-        best, popular = persist(best, keep), persist(popular, keep)
-    return recommend_customers(
-        customers, popular, k=k, als=best, bought=bought, max_extra=max_extra
+    indexers, als_model, rankers = unpack(model)
+    k = cfg.k
+    found = candidates_at(
+        transactions,
+        customers,
+        end=as_of,
+        als_model=als_model,
+        indexers=indexers,
+        half_life=half_life,
+        cfg=cfg,
+        categories=categories,
+        keep=keep,
     )
+    popular = persist(
+        popularity(transactions, end=as_of, days=cfg.popular_days, min_country_products=k), keep
+    )
+    bought = persist(purchased(transactions), keep)
+    lists = []
+    for name, frame, exclude in (
+        (FOR_YOU, found.for_you, None),
+        (DISCOVER, found.discover, bought),
+    ):
+        best = persist(rank_candidates(rankers[name], frame, k=k), keep)
+        rows = recommend_customers(customers, popular, k=k, ranked=best, bought=exclude)
+        lists.append(rows.withColumn(S.LIST, F.lit(name)))
+    return lists[0].unionByName(lists[1])
 
 
-def unpack(model: PipelineModel) -> tuple[Indexers, ALSModel]:
-    """The indexers and ALS model of a registered recommender.
+def unpack(model: PipelineModel) -> tuple[Indexers, ALSModel, dict[str, PipelineModel]]:
+    """The indexers, the ALS model and the rankers (by list) of a registered recommender:
+    ``PipelineModel(customer StringIndexerModel, product StringIndexerModel, ALSModel,
+    for_you ranker PipelineModel, discover ranker PipelineModel)``.
 
     Raises:
-        RetailmlError: The model is not one this stage registered.
+        RetailmlError: The model is not one this stage registered (a champion registered by
+            an earlier version of retailml is never kept; see the task's gate).
     """
     stages = list(model.stages)
-    if (
-        len(stages) != 3
-        or not isinstance(stages[0], StringIndexerModel)
-        or not isinstance(stages[1], StringIndexerModel)
-        or not isinstance(stages[2], ALSModel)
+    kinds = (StringIndexerModel, StringIndexerModel, ALSModel, PipelineModel, PipelineModel)
+    if len(stages) != len(kinds) or not all(
+        isinstance(stage, kind) for stage, kind in zip(stages, kinds, strict=True)
     ):
-        kinds = ", ".join(type(s).__name__ for s in stages)
+        found = ", ".join(type(s).__name__ for s in stages)
         raise RetailmlError(
-            f"the registered recommender is not StringIndexer, StringIndexer, ALS ({kinds})"
+            "the registered recommender is not StringIndexer, StringIndexer, ALS, for_you "
+            f"ranker, discover ranker ({found})"
         )
-    return Indexers(stages[0], stages[1]), stages[2]
+    return Indexers(stages[0], stages[1]), stages[2], {FOR_YOU: stages[3], DISCOVER: stages[4]}
+
+
+def pack(
+    indexers: Indexers, als_model: ALSModel, rankers: dict[str, PipelineModel]
+) -> PipelineModel:
+    """The registered recommender (the inverse of :func:`unpack`)."""
+    return PipelineModel(
+        stages=[indexers.user, indexers.item, als_model, rankers[FOR_YOU], rankers[DISCOVER]]
+    )

@@ -1,6 +1,7 @@
-"""The recommend task: evaluate and tune, fit the final model on all history, register it
-behind the champion gate, and write ``gold.recommendations`` from whichever version is the
-champion afterwards."""
+"""The recommend task: tune ALS and the repeat half-life, train and measure the two-stage
+recommender against every generator, fit the final model, register it behind the champion gate,
+and write both lists of ``gold.recommendations`` from whichever version is the champion
+afterwards."""
 
 from __future__ import annotations
 
@@ -22,14 +23,22 @@ from retailml.lakehouse import Lakehouse
 from retailml.ml import names as N
 from retailml.ml import registry, tracking
 from retailml.ml.models import log_spark_model, register_and_gate
-from retailml.ml.names import ALL, ALS_MODEL, MODES, NEW, POPULAR_MODEL
+from retailml.ml.names import (
+    ALL,
+    ALS_MODEL,
+    DISCOVER_MODEL,
+    FOR_YOU_MODEL,
+    MODES,
+    NEW,
+    POPULAR_MODEL,
+    RANKING_MODEL_PREFIX,
+)
 from retailml.ml.ranking import RankingMetrics
 from retailml.ml.registry import GateDecision
 from retailml.settings import RecommendSettings, Settings
 from retailml.stages.recommend.als import als_blocks, als_estimator
 from retailml.stages.recommend.data import (
     check_transactions,
-    persist,
     popularity,
     purchased,
     ratings,
@@ -45,9 +54,11 @@ from retailml.stages.recommend.evaluation import (
 from retailml.stages.recommend.serving import (
     MAX_EXTRA_CANDIDATES,
     gold_rows,
+    pack,
     recommend_customers,
     serve,
 )
+from retailml.stages.recommend.twostage import TwoStage, train_two_stage
 
 
 @dataclass(frozen=True)
@@ -63,54 +74,77 @@ class RecommendResult:
     tuned_mode: str
     best_params: dict[str, float]
     grid: list[GridPoint]
+    two_stage: TwoStage
     decision: GateDecision
     model_version: str  # the version that produced the rows
     rows_written: int
-    rows_by_source: dict[str, int]
+    rows_by_source: dict[tuple[str, str], int]  # (list, source) → rows
     customers: int
     seconds: float
     parent_run_id: str
 
+    @property
+    def judged(self) -> str:
+        """The list the champion gate judged (the ranker of the tuned mode)."""
+        return judged_list(self.tuned_mode)
+
     def headline(self) -> str:
-        mode = self.tuned_mode
-        als = self.metrics[(ALS_MODEL, mode)].ndcg_at_k
-        popular = self.metrics[(POPULAR_MODEL, mode)].ndcg_at_k
+        mode, m = self.tuned_mode, self.metrics
+        judged = m[(self.judged, mode)].ndcg_at_k
+        als, popular = m[(ALS_MODEL, mode)].ndcg_at_k, m[(POPULAR_MODEL, mode)].ndcg_at_k
         return (
-            f"{self.rows_written:,} rows; NDCG@{self.k} ({mode}) ALS {als:.4f} vs "
-            f"popular {popular:.4f}"
+            f"{self.rows_written:,} rows; NDCG@{self.k} ({mode}) {self.judged} {judged:.4f} vs "
+            f"ALS {als:.4f} vs popular {popular:.4f}"
         )
 
     def summary(self) -> list[str]:
-        k = self.k
+        k, two = self.k, self.two_stage
         lines = [
             f"evaluated on {self.eval_cutoff} .. {self.as_of - timedelta(days=1)} "
             f"({self.eval_customers:,} customers with earlier purchases bought in the window)",
-            f"{'model':<8} {'mode':<4} {f'P@{k}':>7} {f'R@{k}':>7} {f'NDCG@{k}':>8} "
+            f"{'model':<9} {'mode':<4} {f'P@{k}':>7} {f'R@{k}':>7} {f'NDCG@{k}':>8} "
             f"{f'MAP@{k}':>7} {'hit rate':>8} {'coverage':>8}",
         ]
         for mode in MODES:
-            for model in (ALS_MODEL, POPULAR_MODEL):
-                m = self.metrics[(model, mode)]
+            for model in RANKING_MODEL_PREFIX:
+                m = self.metrics.get((model, mode))
+                if m is None:
+                    continue
                 lines.append(
-                    f"{model:<8} {mode:<4} {m.precision_at_k:>7.4f} {m.recall_at_k:>7.4f} "
+                    f"{model:<9} {mode:<4} {m.precision_at_k:>7.4f} {m.recall_at_k:>7.4f} "
                     f"{m.ndcg_at_k:>8.4f} {m.map_at_k:>7.4f} {m.hit_rate:>8.3f} "
                     f"{m.coverage:>8.3f}"
                 )
         params = ", ".join(f"{name}={value:g}" for name, value in self.best_params.items())
         tuned = self.metrics[(ALS_MODEL, self.tuned_mode)].ndcg_at_k
+        half_lives = ", ".join(f"{h:g} d {v:.4f}" for h, v in two.half_lives.items())
+        rankers = "; ".join(
+            f"{name}: {two.rows[name]:,} candidates, {two.positives[name]:,} bought, "
+            f"candidate recall {two.candidate_recall[name]:.1%}"
+            for name in two.rows
+        )
         d = self.decision
         verdict = "promoted to champion" if d.promoted else "champion kept"
-        by_source = ", ".join(f"{n:,} {s}" for s, n in sorted(self.rows_by_source.items()))
+        by_source = ", ".join(
+            f"{n:,} {name}/{source}" for (name, source), n in sorted(self.rows_by_source.items())
+        )
         return [
             *lines,
             f"repeat share: {self.repeat_share:.1%} of the window's customer × product "
             f"purchases were bought before",
-            f"best of {len(self.grid)} grid points: {params} (NDCG@{k} {self.tuned_mode} "
+            f"ALS: best of {len(self.grid)} grid points: {params} (NDCG@{k} {self.tuned_mode} "
             f"{tuned:.4f})",
-            f"version {d.challenger_version}, {verdict}: {d.reason}",
+            f"repeat half-life: {two.half_life:g} days (NDCG@{k} all: {half_lives})",
+            f"rankers trained on the window before: {rankers}",
+            f"version {d.challenger_version} (judged on {self.judged}), {verdict}: {d.reason}",
             f"gold.recommendations as of {self.as_of}: {self.rows_written:,} rows for "
             f"{self.customers:,} customers ({by_source}) from version {self.model_version}",
         ]
+
+
+def judged_list(mode: str) -> str:
+    """The list whose NDCG@k in ``mode`` the champion gate compares."""
+    return DISCOVER_MODEL if mode == NEW else FOR_YOU_MODEL
 
 
 @dataclass(frozen=True)
@@ -133,9 +167,11 @@ class PopularOnlyResult:
     def summary(self) -> list[str]:
         return [
             f"only {self.products} product(s) were ever bought, fewer than recommend.k = "
-            f"{self.k}: ALS was not tuned; every customer gets the popularity ranking",
+            f"{self.k}: nothing was tuned; every customer gets the popularity ranking on both "
+            f"lists",
             f"gold.recommendations as of {self.as_of}: {self.rows_written:,} rows for "
-            f"{self.customers:,} customers (fewer than k each: the catalogue is that small)",
+            f"{self.customers:,} customers, both lists (fewer than k each: the catalogue is "
+            f"that small)",
         ]
 
 
@@ -145,16 +181,21 @@ class _Inputs:
 
     transactions: DataFrame
     customers: DataFrame
-    products: DataFrame
+    products: DataFrame  # product_id, product_name, category
     as_of: date
     bought_products: int  # products ever bought
 
+    @property
+    def categories(self) -> DataFrame:
+        return self.products.select(S.PRODUCT_ID, S.CATEGORY)
+
 
 def run(settings: Settings, spark: SparkSession) -> RecommendResult | PopularOnlyResult:
-    """Tune and evaluate ALS against popularity, register it, write ``gold.recommendations``.
+    """Tune ALS and the repeat half-life, train and measure the rankers against every generator,
+    register the two-stage recommender, write both lists of ``gold.recommendations``.
 
-    With fewer products ever bought than ``k`` (or one), there is nothing for ALS to learn: the
-    grid is skipped and every customer gets the popularity ranking (the summary says so).
+    With fewer products ever bought than ``k`` (or one), there is nothing to learn: nothing is
+    tuned and every customer gets the popularity ranking on both lists (the summary says so).
 
     Raises:
         RetailmlError: No purchases by known customers, or none before the evaluation cutoff.
@@ -183,10 +224,26 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult | PopularOnl
         with mlflow.start_run(run_name=f"recommend {inputs.as_of}", tags=tags) as parent:
             _log_params(cfg, data, seed=seed, tuned_mode=tuned_mode)
             tuning = tune(data, spark, cfg=cfg, tuned_mode=tuned_mode, seed=seed, blocks=blocks)
-            model, info = _final_model(data, tuning, cfg=cfg, seed=seed, blocks=blocks)
+            two = train_two_stage(
+                inputs.transactions,
+                data,
+                als_params=tuning.best.params,
+                cfg=cfg,
+                seed=seed,
+                blocks=blocks,
+                categories=inputs.categories,
+                keep=kept,
+            )
+            metrics = tuning.metrics | two.metrics
+            model, info = _final_model(
+                data, tuning, two, metrics, cfg=cfg, seed=seed, blocks=blocks
+            )
             tags[N.RUN_ID] = parent.info.run_id
-            decision = _register(client, info, tuning, data, cfg=cfg, tags=tags)
-            served, by_source = _serve(lake, model, decision, inputs, cfg=cfg, keep=kept)
+            params = {**tuning.best.params, N.HALF_LIFE_PARAM: two.half_life}
+            decision = _register(client, info, metrics, params, data, cfg=cfg, tags=tags)
+            served, by_source = _serve(
+                lake, client, model, decision, inputs, two, cfg=cfg, keep=kept
+            )
             customers = inputs.customers.count()
             _log_outcome(decision, served, by_source, started=started, customers=customers)
     finally:
@@ -197,11 +254,12 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult | PopularOnl
         eval_cutoff=data.cutoff,
         eval_customers=tuning.best.metrics[ALL].users,
         repeat_share=data.repeat_share,
-        metrics=tuning.metrics,
+        metrics=metrics,
         k=cfg.k,
         tuned_mode=tuned_mode,
         best_params=tuning.best.params,
         grid=tuning.grid,
+        two_stage=two,
         decision=decision,
         model_version=served,
         rows_written=sum(by_source.values()),
@@ -231,7 +289,7 @@ def _read(lake: Lakehouse) -> _Inputs:
     return _Inputs(
         transactions=transactions,
         customers=lake.read("silver.customers").select(S.CUSTOMER_ID, S.COUNTRY),
-        products=products.select(S.PRODUCT_ID, S.PRODUCT_NAME),
+        products=products.select(S.PRODUCT_ID, S.PRODUCT_NAME, S.CATEGORY),
         as_of=last["last"] + timedelta(days=1),
         # silver.products holds products only, one row each: a count of a small table.
         bought_products=products.where(F.col("purchase_lines") > 0).count(),
@@ -241,30 +299,35 @@ def _read(lake: Lakehouse) -> _Inputs:
 def _register(
     client: MlflowClient,
     info: ModelInfo,
-    tuning: Tuning,
+    metrics: dict[tuple[str, str], RankingMetrics],
+    params: dict[str, float],
     data: EvaluationSet,
     *,
     cfg: RecommendSettings,
     tags: dict[str, str],
 ) -> GateDecision:
-    """Register the final model; a champion measured on another cutoff, mode or k is not
-    comparable (its final model has seen this evaluation window), and the challenger, fitted on
-    newer data, replaces it."""
+    """Register the final model, judged on NDCG@k of the list ``exclude_purchased`` chooses
+    (discover against new products, or for_you against everything bought). A champion measured
+    on another cutoff, mode, k or list, or of another kind, is not comparable (its final model
+    has seen this evaluation window), and the challenger, fitted on newer data, replaces it."""
     mode = NEW if cfg.exclude_purchased else ALL
+    judged = judged_list(mode)
     return register_and_gate(
         client,
         info.model_uri,
         model_name=cfg.model_name,
         metric_tag=N.EVAL_NDCG,
-        metric_label=f"NDCG@{cfg.k} ({mode})",
-        value=tuning.best.metrics[mode].ndcg_at_k,
+        metric_label=f"NDCG@{cfg.k} ({judged}, {mode})",
+        value=metrics[(judged, mode)].ndcg_at_k,
         margin=cfg.promotion_margin,
         evaluated_on={
             N.EVAL_CUTOFF: data.cutoff.isoformat(),
             N.EVAL_MODE: mode,
             N.EVAL_K: str(cfg.k),
+            N.EVAL_LIST: judged,
+            N.EVAL_KIND: N.RECOMMENDER_KIND,
         },
-        tags={**tags, **{f"param_{n}": f"{v:g}" for n, v in tuning.best.params.items()}},
+        tags={**tags, **{f"{N.VERSION_PARAM_PREFIX}{n}": f"{v:g}" for n, v in params.items()}},
     )
 
 
@@ -287,10 +350,18 @@ def _log_params(cfg: RecommendSettings, data: EvaluationSet, *, seed: int, tuned
 
 
 def _final_model(
-    data: EvaluationSet, tuning: Tuning, *, cfg: RecommendSettings, seed: int, blocks: int
+    data: EvaluationSet,
+    tuning: Tuning,
+    two: TwoStage,
+    metrics: dict[tuple[str, str], RankingMetrics],
+    *,
+    cfg: RecommendSettings,
+    seed: int,
+    blocks: int,
 ) -> tuple[PipelineModel, ModelInfo]:
-    """The best configuration fitted on all history, as one pipeline with the indexers (so it
-    maps indices back to ids by itself), logged with its metrics."""
+    """The registered recommender: the indexers, ALS with the best grid point fitted on all
+    history, and both rankers (refitted on the evaluation window) in one ``PipelineModel``,
+    logged with every model's metrics."""
     started = time.monotonic()
     best = tuning.best
     estimator = als_estimator(
@@ -302,68 +373,94 @@ def _final_model(
         blocks=blocks,
     )
     als_model = estimator.fit(without_lineage(ratings(data.indexers, data.history)))
-    model = PipelineModel(stages=[data.indexers.user, data.indexers.item, als_model])
+    model = pack(data.indexers, als_model, two.rankers)
     mlflow.log_params({f"best_{name}": v for name, v in best.params.items()})
+    mlflow.log_param(f"best_{N.HALF_LIFE_PARAM}", two.half_life)
     tuned_mode = NEW if cfg.exclude_purchased else ALL
     mlflow.log_metrics(
         {
             **{
                 name: value
-                for (model_name, mode), m in tuning.metrics.items()
+                for (model_name, mode), m in metrics.items()
                 for name, value in m.as_dict(N.ranking_prefix(model_name, mode)).items()
             },
+            **{f"repeat_half_life_{h:g}_ndcg_at_k": v for h, v in two.half_lives.items()},
+            **{f"{name}_candidate_recall": v for name, v in two.candidate_recall.items()},
+            **{f"{name}_training_rows": v for name, v in two.rows.items()},
             N.REPEAT_SHARE: data.repeat_share,
-            N.TUNED_NDCG: best.metrics[tuned_mode].ndcg_at_k,
+            N.TUNED_NDCG: metrics[(judged_list(tuned_mode), tuned_mode)].ndcg_at_k,
             "tune_seconds": tuning.seconds,
+            "two_stage_seconds": two.seconds,
             "final_fit_seconds": time.monotonic() - started,
         }
     )
-    # A signature (customer, product → score): Unity Catalog's registry requires one.
-    info = log_spark_model(model, data.history.select(S.CUSTOMER_ID, S.PRODUCT_ID))
+    # A signature (customer, product → ALS score) from the ALS part: Unity Catalog's registry
+    # requires one, and the rankers' input is built by the task, not given.
+    info = log_spark_model(
+        model,
+        data.history.select(S.CUSTOMER_ID, S.PRODUCT_ID),
+        signature_model=PipelineModel(stages=model.stages[:3]),
+        extra_requirements=("xgboost-cpu",),
+    )
     return model, info
 
 
 def _serve(
     lake: Lakehouse,
+    client: MlflowClient,
     model: PipelineModel,
     decision: GateDecision,
     inputs: _Inputs,
+    two: TwoStage,
     *,
     cfg: RecommendSettings,
     keep: list[DataFrame],
-) -> tuple[str, dict[str, int]]:
+) -> tuple[str, dict[tuple[str, str], int]]:
     """Write the as-of date's rows from whichever version is the champion now (the new model
-    when promoted, else the champion loaded through its alias, so re-running with nothing
-    changed writes the same rows).
+    when promoted, else the champion loaded through its alias, with the half-life it was tuned
+    with, so re-running with nothing changed writes the same rows).
 
     Returns:
-        The version that wrote the rows, and the rows per source (ALS, popular).
+        The version that wrote the rows, and the rows per list and source.
     """
     if decision.promoted:
-        serving, version = model, decision.challenger_version
+        serving, version, half_life = model, decision.challenger_version, two.half_life
     else:
         serving = mlflow.spark.load_model(f"models:/{cfg.model_name}@{registry.CHAMPION}")
         version = str(decision.champion_version)
+        tags = client.get_model_version(cfg.model_name, version).tags
+        tag = f"{N.VERSION_PARAM_PREFIX}{N.HALF_LIFE_PARAM}"
+        half_life = float(tags.get(tag, two.half_life))
     started, as_of = time.monotonic(), inputs.as_of
-    transactions = inputs.transactions
-    bought = persist(purchased(transactions), keep) if cfg.exclude_purchased else None
-    popular = popularity(transactions, end=as_of, days=cfg.popular_days, min_country_products=cfg.k)
-    recommendations = serve(serving, inputs.customers, popular, k=cfg.k, bought=bought, keep=keep)
+    recommendations = serve(
+        serving,
+        inputs.transactions,
+        inputs.customers,
+        as_of=as_of,
+        half_life=half_life,
+        cfg=cfg,
+        categories=inputs.categories,
+        keep=keep,
+    )
     lake.replace_where(
         "gold.recommendations",
         gold_rows(recommendations, inputs.products, as_of=as_of, model_version=version),
         f"{S.AS_OF_DATE} = '{as_of.isoformat()}'",
     )
     mlflow.log_metric("write_seconds", time.monotonic() - started)
+    return version, _rows_by_source(lake, as_of)
+
+
+def _rows_by_source(lake: Lakehouse, as_of: date) -> dict[tuple[str, str], int]:
     written = lake.read("gold.recommendations").where(F.col(S.AS_OF_DATE) == F.lit(as_of))
-    counts = written.groupBy(S.SOURCE).agg(F.count(F.lit(1)).alias("n")).collect()
-    return version, {str(r[S.SOURCE]): int(r["n"]) for r in counts}
+    counts = written.groupBy(S.LIST, S.SOURCE).agg(F.count(F.lit(1)).alias("n")).collect()
+    return {(str(r[S.LIST]), str(r[S.SOURCE])): int(r["n"]) for r in counts}
 
 
 def _log_outcome(
     decision: GateDecision,
     served: str,
-    by_source: dict[str, int],
+    by_source: dict[tuple[str, str], int],
     *,
     started: float,
     customers: int,
@@ -388,11 +485,19 @@ def _log_outcome(
 def _popular_only(
     lake: Lakehouse, inputs: _Inputs, *, cfg: RecommendSettings, started: float
 ) -> PopularOnlyResult:
-    """Recommendations from the popularity ranking alone (nothing for ALS to learn)."""
+    """Both lists from the popularity ranking alone (nothing to learn)."""
     k, as_of, transactions = cfg.k, inputs.as_of, inputs.transactions
     popular = popularity(transactions, end=as_of, days=cfg.popular_days, min_country_products=k)
-    bought = purchased(transactions) if cfg.exclude_purchased else None
-    recommendations = recommend_customers(inputs.customers, popular, k=k, bought=bought)
+    bought = purchased(transactions)
+    recommendations = (
+        recommend_customers(inputs.customers, popular, k=k)
+        .withColumn(S.LIST, F.lit(S.FOR_YOU))
+        .unionByName(
+            recommend_customers(inputs.customers, popular, k=k, bought=bought).withColumn(
+                S.LIST, F.lit(S.DISCOVER)
+            )
+        )
+    )
     lake.replace_where(
         "gold.recommendations",
         gold_rows(recommendations, inputs.products, as_of=as_of, model_version=None),

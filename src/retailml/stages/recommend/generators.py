@@ -1,0 +1,236 @@
+"""Candidate generators: the first stage of the two-stage recommender.
+
+Each generator is a DataFrame function of the purchase history before a cutoff and returns
+``customer_id, product_id, score`` (higher is better; scores of different generators are not
+comparable). :func:`top_candidates` keeps each generator's ``depth`` best per customer with
+their rank; the ranker (:mod:`.ranker`) learns how to combine them.
+
+- **repeat** (:func:`repeat`): the customer's own products, by purchase days with exponential
+  time decay, ``Σ 2^(-age / half_life)`` over the distinct days the customer bought the product
+  (age in days at the cutoff). How due the next purchase is (days since the last purchase
+  against the customer's mean gap for the product) is a ranker feature
+  (:func:`repeat_facts`), since it only means something for products bought at least twice.
+- **item-kNN** (:func:`item_neighbours`, :func:`item_knn`): item-to-item cosine similarity of
+  co-purchases, ``|B(i) ∩ B(j)| / sqrt(|B(i)| |B(j)|)`` over the distinct buyers ``B`` in a
+  lookback window (Sarwar et al., "Item-based collaborative filtering recommendation
+  algorithms", WWW 2001). Only each product's ``neighbours`` most similar products are kept,
+  and the co-purchase pairs come from each customer's ``recent_products`` most recent products,
+  so memory grows with customers × recent_products², not with the largest basket history. A
+  customer's score for ``j`` is ``Σ_i repeat(i) × sim(i, j)`` over the products ``i`` they bought.
+- **popular** (:func:`popular_candidates`): the global recent best sellers (:func:`popularity`).
+- **ALS** (:func:`als_candidates`): the ALS model's exactly scored top products
+  (:func:`scored_candidates`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import date, timedelta
+
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from retailml import schemas as S
+from retailml.stages.recommend.als import audience, scored_candidates
+from retailml.stages.recommend.data import POSITION, Indexers, known_purchases
+
+REPEAT = "repeat"
+ITEM_KNN = "item_knn"
+ALS = S.SOURCE_ALS
+POPULAR = S.SOURCE_POPULAR
+# In the order a tie between generators names the row's source.
+GENERATORS = (REPEAT, ITEM_KNN, ALS, POPULAR)
+
+# Item-kNN's similarity table.
+ITEM = "item"
+NEIGHBOUR = "neighbour"
+SIMILARITY = "similarity"
+
+
+def purchase_days(transactions: DataFrame, *, end: date) -> DataFrame:
+    """The distinct days each known customer bought each product before ``end``.
+
+    Returns:
+        ``customer_id, product_id, event_date`` (one row per purchase day).
+    """
+    return (
+        known_purchases(transactions)
+        .where(F.col(S.EVENT_DATE) < F.lit(end))
+        .select(S.CUSTOMER_ID, S.PRODUCT_ID, S.EVENT_DATE)
+        .distinct()
+    )
+
+
+def _decayed(days: DataFrame, *, end: date, half_life: float) -> F.Column:
+    age = F.datediff(F.lit(end), F.col(S.EVENT_DATE))
+    return F.sum(F.exp(F.lit(-math.log(2) / half_life) * age))
+
+
+def repeat(days: DataFrame, *, end: date, half_life: float) -> DataFrame:
+    """The customer's own products scored by time-decayed purchase days.
+
+    Args:
+        days: :func:`purchase_days` before ``end``.
+        half_life: Days after which a purchase day counts half.
+
+    Returns:
+        ``customer_id, product_id, score``: ``Σ 2^(-age/half_life)`` over the purchase days.
+    """
+    return days.groupBy(S.CUSTOMER_ID, S.PRODUCT_ID).agg(
+        _decayed(days, end=end, half_life=half_life).alias(S.SCORE_VALUE)
+    )
+
+
+def item_neighbours(
+    days: DataFrame, *, end: date, lookback_days: int, neighbours: int, recent_products: int
+) -> DataFrame:
+    """Each product's most similar products by co-purchase cosine similarity.
+
+    Args:
+        days: :func:`purchase_days` before ``end``.
+        lookback_days: Only purchases in ``[end - lookback_days, end)`` count.
+        neighbours: Neighbours kept per product (the most similar; product id on ties).
+        recent_products: Each customer contributes their this many most recently bought
+            products (bounds the co-purchase pairs at ``customers × recent_products²``).
+
+    Returns:
+        ``item, neighbour, similarity`` with similarity in (0, 1].
+    """
+    recent = days.where(F.col(S.EVENT_DATE) >= F.lit(end - timedelta(days=lookback_days)))
+    pairs = recent.groupBy(S.CUSTOMER_ID, S.PRODUCT_ID).agg(F.max(S.EVENT_DATE).alias("_last"))
+    newest = Window.partitionBy(S.CUSTOMER_ID).orderBy(F.col("_last").desc(), S.PRODUCT_ID)
+    pairs = (
+        pairs.withColumn("_n", F.row_number().over(newest))
+        .where(F.col("_n") <= recent_products)
+        .select(S.CUSTOMER_ID, S.PRODUCT_ID)
+    )
+    buyers = pairs.groupBy(S.PRODUCT_ID).agg(F.count(F.lit(1)).alias("_buyers"))
+    left = pairs.select(S.CUSTOMER_ID, F.col(S.PRODUCT_ID).alias(ITEM))
+    right = pairs.select(S.CUSTOMER_ID, F.col(S.PRODUCT_ID).alias(NEIGHBOUR))
+    together = (
+        left.join(right, S.CUSTOMER_ID)
+        .where(F.col(ITEM) != F.col(NEIGHBOUR))
+        .groupBy(ITEM, NEIGHBOUR)
+        .agg(F.count(F.lit(1)).alias("_both"))
+    )
+    similarity = (
+        together.join(buyers.toDF(ITEM, "_bi"), ITEM)
+        .join(buyers.toDF(NEIGHBOUR, "_bj"), NEIGHBOUR)
+        .select(
+            ITEM,
+            NEIGHBOUR,
+            (F.col("_both") / F.sqrt(F.col("_bi") * F.col("_bj"))).alias(SIMILARITY),
+        )
+    )
+    best = Window.partitionBy(ITEM).orderBy(F.col(SIMILARITY).desc(), NEIGHBOUR)
+    return (
+        similarity.withColumn("_r", F.row_number().over(best))
+        .where(F.col("_r") <= neighbours)
+        .drop("_r")
+    )
+
+
+def item_knn(repeat_scores: DataFrame, neighbours: DataFrame) -> DataFrame:
+    """Products similar to what the customer bought: ``Σ_i repeat(c, i) × sim(i, j)``.
+
+    Args:
+        repeat_scores: :func:`repeat`'s output (the weights of the customer's products).
+        neighbours: :func:`item_neighbours`' output.
+
+    Returns:
+        ``customer_id, product_id, score`` (products the customer bought may be among them,
+        through their neighbours).
+    """
+    weights = repeat_scores.select(S.CUSTOMER_ID, F.col(S.PRODUCT_ID).alias(ITEM), S.SCORE_VALUE)
+    return (
+        weights.join(neighbours, ITEM)
+        .groupBy(S.CUSTOMER_ID, F.col(NEIGHBOUR).alias(S.PRODUCT_ID))
+        .agg(F.sum(F.col(S.SCORE_VALUE) * F.col(SIMILARITY)).alias(S.SCORE_VALUE))
+    )
+
+
+def popular_candidates(customers: DataFrame, popular: DataFrame, *, depth: int) -> DataFrame:
+    """The global ranking's first ``depth`` products for every customer.
+
+    Args:
+        customers: ``customer_id`` (one row each).
+        popular: :func:`popularity`'s output.
+
+    Returns:
+        ``customer_id, product_id, score`` (the share of recent buyers who bought it).
+    """
+    top = popular.where(F.col(S.COUNTRY).isNull() & (F.col(POSITION) <= depth)).select(
+        S.PRODUCT_ID, S.SCORE_VALUE
+    )
+    return customers.select(S.CUSTOMER_ID).crossJoin(F.broadcast(top))
+
+
+def als_candidates(
+    model: ALSModel,
+    indexers: Indexers,
+    customers: DataFrame,
+    *,
+    depth: int,
+    exclude: DataFrame | None = None,
+) -> DataFrame:
+    """ALS's ``depth`` best products per customer, without the ``exclude``d pairs.
+
+    Returns:
+        ``customer_id, product_id, score`` (customers the model does not know get none).
+    """
+    who = audience(indexers, customers, exclude=exclude)
+    rows = scored_candidates(model, who, depth=depth, masked=(exclude is not None,))
+    return indexers.item_ids(rows.select(S.CUSTOMER_ID, "item_idx", S.SCORE_VALUE)).select(
+        S.CUSTOMER_ID, S.PRODUCT_ID, S.SCORE_VALUE
+    )
+
+
+def top_candidates(
+    generated: Mapping[str, DataFrame], *, depth: int, exclude: DataFrame | None = None
+) -> DataFrame:
+    """The union of every generator's ``depth`` best products per customer, one row per
+    customer and product, with each generator's score and rank.
+
+    Args:
+        generated: Generator name → ``customer_id, product_id, score``.
+        depth: Candidates kept per generator and customer (product id on ties).
+        exclude: (customer_id, product_id) pairs to drop before ranking (the discover list:
+            what was bought).
+
+    Returns:
+        ``customer_id, product_id`` and per generator ``g``: ``score_g`` (0 when ``g`` did not
+        propose the product) and ``rank_g`` (``depth + 1`` then).
+    """
+    ranked = []
+    for name, scores in generated.items():
+        if exclude is not None:
+            scores = scores.join(exclude, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti")
+        order = Window.partitionBy(S.CUSTOMER_ID).orderBy(F.col(S.SCORE_VALUE).desc(), S.PRODUCT_ID)
+        ranked.append(
+            scores.withColumn("_r", F.row_number().over(order))
+            .where(F.col("_r") <= depth)
+            .select(
+                S.CUSTOMER_ID,
+                S.PRODUCT_ID,
+                F.col(S.SCORE_VALUE).cast("double").alias(score_column(name)),
+                F.col("_r").cast("int").alias(rank_column(name)),
+            )
+        )
+    union = ranked[0]
+    for frame in ranked[1:]:
+        union = union.join(frame, [S.CUSTOMER_ID, S.PRODUCT_ID], "full")
+    fill: dict[str, float | int] = {}
+    for name in generated:
+        fill[score_column(name)] = 0.0
+        fill[rank_column(name)] = depth + 1
+    return union.fillna(fill)
+
+
+def score_column(generator: str) -> str:
+    return f"score_{generator}"
+
+
+def rank_column(generator: str) -> str:
+    return f"rank_{generator}"

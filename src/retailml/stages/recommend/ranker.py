@@ -1,0 +1,368 @@
+"""The second stage: a learned ranker over the generators' candidates.
+
+Per customer, the union of every generator's top candidates (:func:`top_candidates`) gets
+features (:func:`candidate_features`), and a gradient-boosted classifier (xgboost.spark)
+predicts whether the customer buys the product in the next window; the candidates are ranked
+by that probability. The standard two-stage design of large recommenders (Covington et al.,
+"Deep Neural Networks for YouTube Recommendations", RecSys 2016): cheap generators for recall,
+a learned model for the order.
+
+The ranker is trained on the window before the evaluation window (features at ``cutoff -
+window``, label: bought in ``[cutoff - window, cutoff)``), measured on the evaluation window
+like every generator, and refitted on the evaluation window for serving. Two rankers with the
+same features: ``for_you`` over all candidates (rebuys allowed) and ``discover`` over the
+products the customer never bought (the repeat generator proposes none of those).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.feature import VectorAssembler
+from pyspark.ml.functions import vector_to_array
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from retailml import schemas as S
+from retailml.settings import RecommendSettings
+from retailml.stages.recommend.data import POSITION, Indexers, persist, popularity, purchased
+from retailml.stages.recommend.generators import (
+    ALS,
+    GENERATORS,
+    ITEM_KNN,
+    POPULAR,
+    REPEAT,
+    als_candidates,
+    item_knn,
+    item_neighbours,
+    popular_candidates,
+    purchase_days,
+    rank_column,
+    repeat,
+    score_column,
+    top_candidates,
+)
+
+FOR_YOU, DISCOVER = S.FOR_YOU, S.DISCOVER
+LISTS = (FOR_YOU, DISCOVER)
+
+LABEL = "label"
+# Days a season lies back: the same window a year before.
+YEAR = 364  # 52 weeks, so weekdays line up
+
+# The features, besides each generator's score, relative score and rank.
+PURCHASE_DAYS = "purchase_days"  # distinct days the customer bought the product
+MEAN_GAP = "mean_gap"  # mean days between those days (0: bought on one day)
+DAYS_SINCE = "days_since"  # days since the customer last bought it (-1: never)
+DUE = "due"  # days_since / mean_gap (0 when bought on fewer than two days)
+CUSTOMER_PRODUCTS = "customer_products"  # distinct products the customer bought
+CUSTOMER_RECENCY = "customer_recency"  # days since the customer's last purchase
+CUSTOMER_RECENT_DAYS = "customer_recent_days"  # purchase days in the last 90 days
+RECENT_SHARE = "recent_share"  # share of the last window's buyers who bought the product
+SEASON_SHARE = "season_share"  # the same share in the same window a year before
+POPULARITY_RANK = "popularity_rank"  # position in the global popularity ranking
+CATEGORY_SHARE = "category_share"  # the customer's share of purchase days in its category
+
+FACTS = (
+    PURCHASE_DAYS,
+    MEAN_GAP,
+    DAYS_SINCE,
+    DUE,
+    CUSTOMER_PRODUCTS,
+    CUSTOMER_RECENCY,
+    CUSTOMER_RECENT_DAYS,
+    RECENT_SHARE,
+    SEASON_SHARE,
+    POPULARITY_RANK,
+    CATEGORY_SHARE,
+)
+
+
+def relative_column(generator: str) -> str:
+    return f"relative_{generator}"
+
+
+FEATURES = (
+    tuple(
+        column
+        for g in GENERATORS
+        for column in (score_column(g), relative_column(g), rank_column(g))
+    )
+    + FACTS
+)
+
+_RECENT_DAYS = 90
+
+
+def candidate_features(
+    candidates: DataFrame,
+    days: DataFrame,
+    *,
+    end: date,
+    window_days: int,
+    depth: int,
+    popular: DataFrame,
+    categories: DataFrame,
+) -> DataFrame:
+    """The ranker's features of each candidate, at the cutoff ``end``.
+
+    Args:
+        candidates: :func:`top_candidates`' output (generators missing from it get score 0
+            and rank ``depth + 1``).
+        days: :func:`purchase_days` before ``end`` (every customer's, not only the candidates').
+        window_days: The label window's length (the recent and seasonal shares use it too).
+        depth: Candidates per generator (the rank of a product a generator did not propose
+            is ``depth + 1``).
+        popular: :func:`popularity` at ``end``.
+        categories: ``product_id, category`` (null categories give a share of 0).
+
+    Returns:
+        ``customer_id, product_id``, the generators' ranks (as :func:`top_candidates` names
+        them) and every column of :data:`FEATURES`, without nulls.
+    """
+    for g in GENERATORS:
+        if score_column(g) not in candidates.columns:
+            candidates = candidates.withColumn(score_column(g), F.lit(0.0)).withColumn(
+                rank_column(g), F.lit(depth + 1)
+            )
+    per_customer = Window.partitionBy(S.CUSTOMER_ID)
+    for g in GENERATORS:
+        best = F.max(score_column(g)).over(per_customer)
+        candidates = candidates.withColumn(
+            relative_column(g),
+            F.when(best > 0, F.col(score_column(g)) / best).otherwise(F.lit(0.0)),
+        )
+
+    pair_facts = _pair_facts(days, end=end)
+    recent_start = end - timedelta(days=_RECENT_DAYS)
+    customer_facts = days.groupBy(S.CUSTOMER_ID).agg(
+        F.countDistinct(S.PRODUCT_ID).alias(CUSTOMER_PRODUCTS),
+        F.datediff(F.lit(end), F.max(S.EVENT_DATE)).alias(CUSTOMER_RECENCY),
+        F.countDistinct(
+            F.when(F.col(S.EVENT_DATE) >= F.lit(recent_start), F.col(S.EVENT_DATE))
+        ).alias(CUSTOMER_RECENT_DAYS),
+    )
+    product_facts = (
+        _buyer_share(days, start=end - timedelta(days=window_days), end=end, name=RECENT_SHARE)
+        .join(
+            _buyer_share(
+                days,
+                start=end - timedelta(days=YEAR),
+                end=end - timedelta(days=YEAR - window_days),
+                name=SEASON_SHARE,
+            ),
+            S.PRODUCT_ID,
+            "full",
+        )
+        .join(
+            popular.where(F.col(S.COUNTRY).isNull()).select(
+                S.PRODUCT_ID, F.col(POSITION).alias(POPULARITY_RANK)
+            ),
+            S.PRODUCT_ID,
+            "full",
+        )
+    )
+    category_share = _category_share(days, categories)
+    out = (
+        candidates.join(pair_facts, [S.CUSTOMER_ID, S.PRODUCT_ID], "left")
+        .join(customer_facts, S.CUSTOMER_ID, "left")
+        .join(F.broadcast(product_facts), S.PRODUCT_ID, "left")
+        .join(F.broadcast(categories), S.PRODUCT_ID, "left")
+        .join(category_share, [S.CUSTOMER_ID, S.CATEGORY], "left")
+    )
+    never = {PURCHASE_DAYS: 0, MEAN_GAP: 0.0, DAYS_SINCE: -1, DUE: 0.0}
+    fill = {**never, CUSTOMER_PRODUCTS: 0, CUSTOMER_RECENCY: -1, CUSTOMER_RECENT_DAYS: 0}
+    fill |= {RECENT_SHARE: 0.0, SEASON_SHARE: 0.0, CATEGORY_SHARE: 0.0}
+    # A product nobody bought before the cutoff ranks after every product in the ranking.
+    fill |= {POPULARITY_RANK: 1_000_000}
+    columns = [S.CUSTOMER_ID, S.PRODUCT_ID, *(F.col(c).cast("double").alias(c) for c in FEATURES)]
+    return out.fillna(fill).select(*columns)
+
+
+def _pair_facts(days: DataFrame, *, end: date) -> DataFrame:
+    """Per customer and product: purchase days, mean gap, days since the last, and ``due``."""
+    order = Window.partitionBy(S.CUSTOMER_ID, S.PRODUCT_ID).orderBy(S.EVENT_DATE)
+    gap = F.datediff(F.col(S.EVENT_DATE), F.lag(S.EVENT_DATE).over(order))
+    facts = (
+        days.withColumn("_gap", gap)
+        .groupBy(S.CUSTOMER_ID, S.PRODUCT_ID)
+        .agg(
+            F.count(F.lit(1)).alias(PURCHASE_DAYS),
+            F.coalesce(F.avg("_gap"), F.lit(0.0)).alias(MEAN_GAP),
+            F.datediff(F.lit(end), F.max(S.EVENT_DATE)).alias(DAYS_SINCE),
+        )
+    )
+    due = F.when(F.col(MEAN_GAP) > 0, F.col(DAYS_SINCE) / F.col(MEAN_GAP)).otherwise(F.lit(0.0))
+    return facts.withColumn(DUE, due)
+
+
+def _buyer_share(days: DataFrame, *, start: date, end: date, name: str) -> DataFrame:
+    """``product_id, name``: the share of the customers buying in ``[start, end)`` who bought
+    the product (no rows when nobody bought then)."""
+    window = days.where((F.col(S.EVENT_DATE) >= F.lit(start)) & (F.col(S.EVENT_DATE) < F.lit(end)))
+    total = window.agg(F.countDistinct(S.CUSTOMER_ID).alias("_total"))
+    return (
+        window.groupBy(S.PRODUCT_ID)
+        .agg(F.countDistinct(S.CUSTOMER_ID).alias("_buyers"))
+        .crossJoin(total)
+        .select(S.PRODUCT_ID, (F.col("_buyers") / F.col("_total")).alias(name))
+    )
+
+
+def _category_share(days: DataFrame, categories: DataFrame) -> DataFrame:
+    """``customer_id, category, category_share``: the share of the customer's purchase days
+    (of products with a category) that were in the category."""
+    bought = days.join(F.broadcast(categories), S.PRODUCT_ID).where(F.col(S.CATEGORY).isNotNull())
+    per = bought.groupBy(S.CUSTOMER_ID, S.CATEGORY).agg(F.count(F.lit(1)).alias("_n"))
+    total = F.sum("_n").over(Window.partitionBy(S.CUSTOMER_ID))
+    return per.select(S.CUSTOMER_ID, S.CATEGORY, (F.col("_n") / total).alias(CATEGORY_SHARE))
+
+
+def labelled(features: DataFrame, window_purchases: DataFrame) -> DataFrame:
+    """``features`` with :data:`LABEL` 1.0 where the customer bought the product in the window.
+
+    Args:
+        window_purchases: (customer_id, product_id) bought in the label window.
+    """
+    bought = window_purchases.select(S.CUSTOMER_ID, S.PRODUCT_ID).distinct()
+    return features.join(
+        bought.withColumn(LABEL, F.lit(1.0)), [S.CUSTOMER_ID, S.PRODUCT_ID], "left"
+    ).fillna({LABEL: 0.0})
+
+
+def ranker_estimator(*, max_depth: int, trees: int, learning_rate: float, seed: int) -> Pipeline:
+    """The features assembled, and xgboost.spark's classifier (binary logistic loss; one
+    worker, so the result does not depend on the partitioning)."""
+    from xgboost.spark import SparkXGBClassifier
+
+    return Pipeline(
+        stages=[
+            VectorAssembler(inputCols=list(FEATURES), outputCol="features"),
+            SparkXGBClassifier(
+                features_col="features",
+                label_col=LABEL,
+                num_workers=1,
+                n_estimators=trees,
+                max_depth=max_depth,
+                learning_rate=learning_rate,
+                subsample=0.8,
+                random_state=seed,
+                verbose=False,
+            ),
+        ]
+    )
+
+
+def rank_candidates(model: PipelineModel, features: DataFrame, *, k: int) -> DataFrame:
+    """The ``k`` most likely purchases per customer, ranked 1..k (product id on ties), with
+    the generator that proposed each (the one that ranked it highest; the order of
+    :data:`GENERATORS` on ties).
+
+    Returns:
+        ``customer_id, product_id, score, rank, source`` (``score``: the ranker's probability).
+    """
+    scored = model.transform(features).withColumn(
+        S.SCORE_VALUE, vector_to_array(F.col("probability"))[1]
+    )
+    order = Window.partitionBy(S.CUSTOMER_ID).orderBy(F.col(S.SCORE_VALUE).desc(), S.PRODUCT_ID)
+    top = scored.withColumn(S.RANK, F.row_number().over(order)).where(F.col(S.RANK) <= k)
+    best = F.least(*(F.col(rank_column(g)) for g in GENERATORS))
+    source = F.coalesce(*(F.when(F.col(rank_column(g)) == best, F.lit(g)) for g in GENERATORS))
+    return top.select(
+        S.CUSTOMER_ID,
+        S.PRODUCT_ID,
+        S.SCORE_VALUE,
+        F.col(S.RANK).cast("int"),
+        source.alias(S.SOURCE),
+    )
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Both lists' candidates with their features, at one cutoff, for some customers."""
+
+    cutoff: date
+    for_you: DataFrame
+    discover: DataFrame
+    generated: dict[str, DataFrame]  # generator → customer_id, product_id, score (for_you)
+    bought: DataFrame  # (customer_id, product_id) bought before the cutoff
+
+
+def candidates_at(
+    transactions: DataFrame,
+    customers: DataFrame,
+    *,
+    end: date,
+    als_model: ALSModel,
+    indexers: Indexers,
+    half_life: float,
+    cfg: RecommendSettings,
+    categories: DataFrame,
+    keep: list[DataFrame],
+) -> Candidates:
+    """Every generator at the cutoff ``end`` for ``customers``, and both lists' candidates with
+    the ranker's features (persisted into ``keep``).
+
+    Args:
+        transactions: silver.transactions (only lines before ``end`` are read).
+        customers: ``customer_id`` of whom to generate for (one row each).
+        als_model: ALS fitted on the interactions before ``end``.
+        half_life: The repeat generator's half-life (days).
+        categories: ``product_id, category``.
+    """
+    before = transactions.where(F.col(S.EVENT_DATE) < F.lit(end))
+    who = customers.select(S.CUSTOMER_ID)
+    days = persist(purchase_days(transactions, end=end), keep)
+    bought = persist(purchased(before).join(who, S.CUSTOMER_ID, "left_semi"), keep)
+    repeats = repeat(days, end=end, half_life=half_life)
+    neighbours = persist(
+        item_neighbours(
+            days,
+            end=end,
+            lookback_days=cfg.knn_lookback_days,
+            neighbours=cfg.knn_neighbours,
+            recent_products=cfg.knn_recent_products,
+        ),
+        keep,
+    )
+    popular = persist(
+        popularity(transactions, end=end, days=cfg.popular_days, min_country_products=cfg.k), keep
+    )
+    mine = repeats.join(who, S.CUSTOMER_ID, "left_semi")
+    depth = cfg.candidates
+    generated = {
+        REPEAT: mine,
+        ITEM_KNN: item_knn(mine, neighbours),
+        ALS: als_candidates(als_model, indexers, who, depth=depth),
+        POPULAR: popular_candidates(who, popular, depth=depth),
+    }
+    unbought = {
+        ITEM_KNN: generated[ITEM_KNN],
+        ALS: als_candidates(als_model, indexers, who, depth=depth, exclude=bought),
+        POPULAR: popular_candidates(who, popular, depth=2 * depth),
+    }
+
+    def features(frame: DataFrame) -> DataFrame:
+        return persist(
+            candidate_features(
+                frame,
+                days,
+                end=end,
+                window_days=cfg.eval_days,
+                depth=depth,
+                popular=popular,
+                categories=categories,
+            ),
+            keep,
+        )
+
+    return Candidates(
+        cutoff=end,
+        for_you=features(top_candidates(generated, depth=depth)),
+        discover=features(top_candidates(unbought, depth=depth, exclude=bought)),
+        generated=generated,
+        bought=bought,
+    )

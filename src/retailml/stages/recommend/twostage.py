@@ -1,0 +1,231 @@
+"""Training and measuring the two-stage recommender on time: the generators at a cutoff, the
+repeat half-life, the rankers fitted on the window before the evaluation window and measured on
+it, and the rankers refitted on the evaluation window for serving.
+
+Windows (``W = eval_days``; ``E`` the evaluation cutoff, ``as_of`` the day after the last event)::
+
+    history ... | C = E - W ... ranker's training window ... | E ... evaluation window | as_of
+
+The generators are computed at ``C`` for the customers who bought in ``[C, E)`` and at ``E``
+for the evaluated customers; ALS is refitted at each cutoff with the tuned grid point.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from pyspark.ml import PipelineModel
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from retailml import schemas as S
+from retailml.ml.names import ALL, NEW
+from retailml.ml.ranking import RankingMetrics
+from retailml.ml.sample import customer_share
+from retailml.settings import RecommendSettings
+from retailml.stages.recommend.als import als_estimator, top_k
+from retailml.stages.recommend.data import (
+    Indexers,
+    interactions,
+    persist,
+    purchased,
+    ratings,
+    without_lineage,
+)
+from retailml.stages.recommend.evaluation import MODE_COLUMN, EvaluationSet, metrics_by_mode
+from retailml.stages.recommend.generators import ITEM_KNN, REPEAT, purchase_days, repeat
+from retailml.stages.recommend.ranker import (
+    DISCOVER,
+    FOR_YOU,
+    LABEL,
+    Candidates,
+    candidates_at,
+    labelled,
+    rank_candidates,
+    ranker_estimator,
+)
+
+
+def fit_als_before(
+    transactions: DataFrame,
+    indexers: Indexers,
+    *,
+    end: date,
+    params: dict[str, float],
+    cfg: RecommendSettings,
+    seed: int,
+    blocks: int,
+    sample: float,
+) -> ALSModel:
+    """ALS with the tuned parameters, fitted on the interactions before ``end`` (of the tuning
+    sample, as the grid was)."""
+    before = interactions(transactions.where(F.col(S.EVENT_DATE) < F.lit(end)))
+    if sample < 1.0:
+        before = before.where(customer_share(seed) < sample)
+    estimator = als_estimator(
+        rank=int(params["rank"]),
+        reg_param=params["reg_param"],
+        alpha=params["alpha"],
+        max_iter=cfg.max_iter,
+        seed=seed,
+        blocks=blocks,
+    )
+    return estimator.fit(without_lineage(ratings(indexers, before)))
+
+
+@dataclass(frozen=True)
+class TwoStage:
+    """The two-stage recommender's evaluation and its serving rankers.
+
+    Attributes:
+        half_life: The tuned repeat half-life (days).
+        half_lives: NDCG@k (all products) of each half-life tried.
+        metrics: ``(model, mode) → metrics`` of ``repeat``, ``item_knn``, ``for_you``,
+            ``discover`` on the evaluation window.
+        rankers: The rankers refitted on the evaluation window, by list.
+        positives: Labelled purchases among the training candidates, by list.
+        rows: Training rows, by list.
+        candidate_recall: Share of the window's purchases among the evaluation candidates
+            (``all`` for for_you, ``new`` for discover).
+        seconds: Wall time of the whole.
+    """
+
+    half_life: float
+    half_lives: dict[float, float]
+    metrics: dict[tuple[str, str], RankingMetrics]
+    rankers: dict[str, PipelineModel]
+    positives: dict[str, int]
+    rows: dict[str, int]
+    candidate_recall: dict[str, float]
+    seconds: float
+
+
+def train_two_stage(
+    transactions: DataFrame,
+    data: EvaluationSet,
+    *,
+    als_params: dict[str, float],
+    cfg: RecommendSettings,
+    seed: int,
+    blocks: int,
+    categories: DataFrame,
+    keep: list[DataFrame],
+) -> TwoStage:
+    """Tune the repeat half-life, fit both rankers on the window before the evaluation window,
+    measure every generator and both rankers on the evaluation window, and refit the rankers
+    on the evaluation window for serving.
+
+    Args:
+        transactions: silver.transactions.
+        data: The evaluation set (its customers, what they bought before, the window's truth).
+        als_params: The tuned ALS grid point (refitted before each cutoff).
+        categories: ``product_id, category``.
+        keep: Persisted frames are added to it; the caller unpersists them.
+    """
+    started = time.monotonic()
+    k, eval_cutoff, prior = cfg.k, data.cutoff, data.prior
+    train_cutoff = eval_cutoff - timedelta(days=cfg.eval_days)
+
+    def measure(recommended: dict[str, DataFrame]) -> dict[str, RankingMetrics]:
+        return metrics_by_mode(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
+
+    def at(end: date, who: DataFrame, half_life: float) -> Candidates:
+        als_model = fit_als_before(
+            transactions, data.indexers, end=end, params=als_params, cfg=cfg, seed=seed,
+            blocks=blocks, sample=data.sample,
+        )  # fmt: skip
+        return candidates_at(
+            transactions, who, end=end, als_model=als_model, indexers=data.indexers,
+            half_life=half_life, cfg=cfg, categories=categories, keep=keep,
+        )  # fmt: skip
+
+    # The half-life, on the evaluation window (cheap: no model).
+    days = persist(purchase_days(transactions, end=eval_cutoff), keep)
+    mine = days.join(data.customers.select(S.CUSTOMER_ID), S.CUSTOMER_ID, "left_semi")
+    by_half_life = {
+        h: measure(_both_modes(repeat(mine, end=eval_cutoff, half_life=h), prior, k=k))
+        for h in cfg.repeat_half_lives
+    }
+    half_life = max(cfg.repeat_half_lives, key=lambda h: by_half_life[h][ALL].ndcg_at_k)
+
+    # The rankers learn from the window before the evaluation window.
+    window_buys = _window_buyers(transactions, start=train_cutoff, end=eval_cutoff)
+    if data.sample < 1.0:
+        window_buys = window_buys.where(customer_share(seed) < data.sample)
+    train = at(train_cutoff, _with_history(window_buys, transactions, train_cutoff), half_life)
+    test = at(eval_cutoff, data.customers, half_life)
+
+    metrics = {(REPEAT, mode): m for mode, m in by_half_life[half_life].items()}
+    found = measure(_both_modes(test.generated[ITEM_KNN], prior, k=k))
+    metrics |= {(ITEM_KNN, mode): m for mode, m in found.items()}
+    truth = {
+        mode: data.relevant.where(F.col(MODE_COLUMN) == mode).select(S.CUSTOMER_ID, S.PRODUCT_ID)
+        for mode in (ALL, NEW)
+    }
+    rankers, rows, positives, recall = {}, {}, {}, {}
+    for name, train_frame, test_frame in (
+        (FOR_YOU, train.for_you, test.for_you),
+        (DISCOVER, train.discover, test.discover),
+    ):
+        training = labelled(train_frame, window_buys).persist()
+        counted = training.agg(F.count(F.lit(1)), F.sum(LABEL)).first()
+        rows[name], positives[name] = int(counted[0]), int(counted[1] or 0)
+        model = _fit(training, cfg=cfg, seed=seed)
+        training.unpersist()
+        unbought = test_frame.join(prior, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti")
+        found = measure(
+            {
+                ALL: rank_candidates(model, test_frame, k=k),
+                NEW: rank_candidates(model, unbought, k=k),
+            }
+        )
+        metrics |= {(name, mode): m for mode, m in found.items()}
+        wanted = truth[ALL if name == FOR_YOU else NEW]
+        hits = wanted.join(test_frame, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_semi").count()
+        recall[name] = hits / max(wanted.count(), 1)
+        # For serving: refitted on the freshest labelled window, the evaluation window.
+        rankers[name] = _fit(labelled(test_frame, truth[ALL]), cfg=cfg, seed=seed)
+    return TwoStage(
+        half_life=half_life,
+        half_lives={h: m[ALL].ndcg_at_k for h, m in by_half_life.items()},
+        metrics=metrics,
+        rankers=rankers,
+        positives=positives,
+        rows=rows,
+        candidate_recall=recall,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _window_buyers(transactions: DataFrame, *, start: date, end: date) -> DataFrame:
+    """(customer_id, product_id) bought in ``[start, end)``."""
+    when = (F.col(S.EVENT_DATE) >= F.lit(start)) & (F.col(S.EVENT_DATE) < F.lit(end))
+    return purchased(transactions.where(when))
+
+
+def _with_history(window_buys: DataFrame, transactions: DataFrame, cutoff: date) -> DataFrame:
+    """The customers of ``window_buys`` who bought something before ``cutoff``."""
+    before = purchased(transactions.where(F.col(S.EVENT_DATE) < F.lit(cutoff)))
+    return (
+        window_buys.select(S.CUSTOMER_ID)
+        .distinct()
+        .join(before.select(S.CUSTOMER_ID).distinct(), S.CUSTOMER_ID, "left_semi")
+    )
+
+
+def _fit(training: DataFrame, *, cfg: RecommendSettings, seed: int) -> PipelineModel:
+    estimator = ranker_estimator(
+        max_depth=cfg.ranker_max_depth,
+        trees=cfg.ranker_trees,
+        learning_rate=cfg.ranker_learning_rate,
+        seed=seed,
+    )
+    return estimator.fit(training)
+
+
+def _both_modes(scores: DataFrame, prior: DataFrame, *, k: int) -> dict[str, DataFrame]:
+    """A generator's top-k in both modes: as it is, and without what was bought."""
+    return {ALL: top_k(scores, k=k), NEW: top_k(scores, k=k, exclude=prior)}
