@@ -335,6 +335,12 @@ class RecommendSettings(_Section):
         description="Item-kNN: each customer's this many most recent products form the "
         "co-purchase pairs (bounds memory at customers × this²).",
     )
+    ranker_windows: int = Field(
+        3,
+        ge=1,
+        description="Windows of eval_days before the evaluation window the rankers learn from "
+        "(fewer when the history is shorter).",
+    )
     ranker_max_depth: int = Field(3, ge=1, description="Depth of the ranker's trees.")
     ranker_trees: int = Field(150, ge=1, description="Boosting rounds of the ranker.")
     ranker_learning_rate: float = Field(0.05, gt=0, le=1)

@@ -235,7 +235,8 @@ def labelled(features: DataFrame, window_purchases: DataFrame) -> DataFrame:
 
 def ranker_estimator(*, max_depth: int, trees: int, learning_rate: float, seed: int) -> Pipeline:
     """The features assembled, and xgboost.spark's classifier (binary logistic loss; one
-    worker, so the result does not depend on the partitioning)."""
+    worker and no row subsampling, so the result depends neither on the partitioning nor on
+    the seed)."""
     from xgboost.spark import SparkXGBClassifier
 
     return Pipeline(
@@ -248,7 +249,9 @@ def ranker_estimator(*, max_depth: int, trees: int, learning_rate: float, seed: 
                 n_estimators=trees,
                 max_depth=max_depth,
                 learning_rate=learning_rate,
-                subsample=0.8,
+                # Leaves need this much weight: a month of a small shop has few purchases of
+                # a product, and deeper splits on them did not generalise to the next month.
+                min_child_weight=20.0,
                 random_state=seed,
                 verbose=False,
             ),
@@ -289,6 +292,10 @@ class Candidates:
     discover: DataFrame
     generated: dict[str, DataFrame]  # generator → customer_id, product_id, score (for_you)
     bought: DataFrame  # (customer_id, product_id) bought before the cutoff
+
+    @property
+    def lists(self) -> dict[str, DataFrame]:
+        return {FOR_YOU: self.for_you, DISCOVER: self.discover}
 
 
 def candidates_at(

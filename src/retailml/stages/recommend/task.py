@@ -5,6 +5,7 @@ afterwards."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -206,6 +207,8 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult | PopularOnl
     if inputs.bought_products < max(cfg.k, 2):
         return _popular_only(lake, inputs, cfg=cfg, started=started)
     tuned_mode, blocks = NEW if cfg.exclude_purchased else ALL, als_blocks(spark)
+    # xgboost.spark logs every boosting round at INFO.
+    logging.getLogger("XGBoost-PySpark").setLevel(logging.WARNING)
     kept: list[DataFrame] = []
     try:
         data = evaluation_set(

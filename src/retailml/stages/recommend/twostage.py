@@ -1,18 +1,24 @@
-"""Training and measuring the two-stage recommender on time: the generators at a cutoff, the
+r"""Training and measuring the two-stage recommender on time: the generators at a cutoff, the
 repeat half-life, the rankers fitted on the window before the evaluation window and measured on
 it, and the rankers refitted on the evaluation window for serving.
 
-Windows (``W = eval_days``; ``E`` the evaluation cutoff, ``as_of`` the day after the last event)::
+Windows (``W = eval_days``; ``E`` the evaluation cutoff, ``as_of`` the day after the last event;
+``n = ranker_windows``)::
 
-    history ... | C = E - W ... ranker's training window ... | E ... evaluation window | as_of
+    history | E - nW ... | ... | E - 2W ... | E - W ... | E ... evaluation window | as_of
+              \_________ the rankers' training windows ______/
 
-The generators are computed at ``C`` for the customers who bought in ``[C, E)`` and at ``E``
-for the evaluated customers; ALS is refitted at each cutoff with the tuned grid point.
+The generators are computed at each training window's start for the customers who bought in
+it (and before it), and at ``E`` for the evaluated customers; ALS is refitted at each cutoff
+with the tuned grid point. Several windows, because one month of a shop's customers is a small
+sample: on the default data, the xgboost seed alone moved one window's NDCG@5 by ±0.005.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -22,6 +28,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from retailml import schemas as S
+from retailml.errors import RetailmlError
 from retailml.ml.names import ALL, NEW
 from retailml.ml.ranking import RankingMetrics
 from retailml.ml.sample import customer_share
@@ -127,7 +134,7 @@ def train_two_stage(
     """
     started = time.monotonic()
     k, eval_cutoff, prior = cfg.k, data.cutoff, data.prior
-    train_cutoff = eval_cutoff - timedelta(days=cfg.eval_days)
+    window = timedelta(days=cfg.eval_days)
 
     def measure(recommended: dict[str, DataFrame]) -> dict[str, RankingMetrics]:
         return metrics_by_mode(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
@@ -151,11 +158,23 @@ def train_two_stage(
     }
     half_life = max(cfg.repeat_half_lives, key=lambda h: by_half_life[h][ALL].ndcg_at_k)
 
-    # The rankers learn from the window before the evaluation window.
-    window_buys = _window_buyers(transactions, start=train_cutoff, end=eval_cutoff)
-    if data.sample < 1.0:
-        window_buys = window_buys.where(customer_share(seed) < data.sample)
-    train = at(train_cutoff, _with_history(window_buys, transactions, train_cutoff), half_life)
+    # The rankers learn from the windows before the evaluation window.
+    windows = []
+    for n in range(1, cfg.ranker_windows + 1):
+        start = eval_cutoff - n * window
+        buys = _window_buyers(transactions, start=start, end=start + window)
+        if data.sample < 1.0:
+            buys = buys.where(customer_share(seed) < data.sample)
+        who = persist(_with_history(buys, transactions, start), keep)
+        if who.isEmpty():
+            break  # no history before this window, nor before any earlier one
+        windows.append((at(start, who, half_life), buys))
+    if not windows:
+        raise RetailmlError(
+            f"no customer bought before {eval_cutoff - window} and again before {eval_cutoff}: "
+            f"the ranker has no window to learn from; ingest more history or shorten "
+            f"recommend.eval_days"
+        )
     test = at(eval_cutoff, data.customers, half_life)
 
     metrics = {(REPEAT, mode): m for mode, m in by_half_life[half_life].items()}
@@ -166,28 +185,24 @@ def train_two_stage(
         for mode in (ALL, NEW)
     }
     rankers, rows, positives, recall = {}, {}, {}, {}
-    for name, train_frame, test_frame in (
-        (FOR_YOU, train.for_you, test.for_you),
-        (DISCOVER, train.discover, test.discover),
-    ):
-        training = labelled(train_frame, window_buys).persist()
+    for name in (FOR_YOU, DISCOVER):
+        test_frame = test.lists[name]
+        training = persist(_union(labelled(c.lists[name], buys) for c, buys in windows), keep)
         counted = training.agg(F.count(F.lit(1)), F.sum(LABEL)).first()
         rows[name], positives[name] = int(counted[0]), int(counted[1] or 0)
         model = _fit(training, cfg=cfg, seed=seed)
-        training.unpersist()
         unbought = test_frame.join(prior, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti")
-        found = measure(
-            {
-                ALL: rank_candidates(model, test_frame, k=k),
-                NEW: rank_candidates(model, unbought, k=k),
-            }
-        )
+        lists = {ALL: test_frame, NEW: unbought}
+        found = measure({mode: rank_candidates(model, f, k=k) for mode, f in lists.items()})
         metrics |= {(name, mode): m for mode, m in found.items()}
         wanted = truth[ALL if name == FOR_YOU else NEW]
         hits = wanted.join(test_frame, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_semi").count()
         recall[name] = hits / max(wanted.count(), 1)
-        # For serving: refitted on the freshest labelled window, the evaluation window.
-        rankers[name] = _fit(labelled(test_frame, truth[ALL]), cfg=cfg, seed=seed)
+        # For serving: the same number of windows, moved on by one to end with the
+        # evaluation window (the freshest labelled one).
+        newest = [labelled(test_frame, truth[ALL])]
+        newest += [labelled(c.lists[name], buys) for c, buys in windows[:-1]]
+        rankers[name] = _fit(_union(newest), cfg=cfg, seed=seed)
     return TwoStage(
         half_life=half_life,
         half_lives={h: m[ALL].ndcg_at_k for h, m in by_half_life.items()},
@@ -198,6 +213,10 @@ def train_two_stage(
         candidate_recall=recall,
         seconds=time.monotonic() - started,
     )
+
+
+def _union(frames: Iterable[DataFrame]) -> DataFrame:
+    return functools.reduce(DataFrame.unionByName, frames)
 
 
 def _window_buyers(transactions: DataFrame, *, start: date, end: date) -> DataFrame:
