@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
 
 from retailml import schemas as S
 from retailml.errors import InputError, RetailmlError
@@ -217,7 +218,7 @@ def test_fill_gives_exactly_k_rows_als_first_then_popular(
         [("c3", "g1"), ("c3", "g2"), ("c3", "g3"), ("c1", "g2")],
         "customer_id string, product_id string",
     )
-    recs = recommend.recommend_customers(customers, popular, k=3, als=als, bought=bought)
+    recs = recommend.recommend_customers(customers, popular, k=3, ranked=als, bought=bought)
     got = by_customer(recs)
     assert set(got) == {"c1", "c2", "c3", "c4"}
     assert all([rank for rank, _, _ in rows] == [1, 2, 3] for rows in got.values())
@@ -229,7 +230,7 @@ def test_fill_gives_exactly_k_rows_als_first_then_popular(
     assert got["c4"] == [(1, "g1", "popular"), (2, "g2", "popular"), (3, "g3", "popular")]
 
     # Without exclusion, bought products may be recommended.
-    allowed = by_customer(recommend.recommend_customers(customers, popular, k=3, als=als))
+    allowed = by_customer(recommend.recommend_customers(customers, popular, k=3, ranked=als))
     assert allowed["c3"][0] == (1, "g1", "popular")
 
 
@@ -295,30 +296,17 @@ def write_silver(settings: Settings, spark: SparkSession, rows: list[Row]) -> La
     return lake
 
 
-def test_serve_excludes_bought_products_unless_told_not_to(spark: SparkSession) -> None:
+def test_a_model_of_another_shape_is_refused_by_name(spark: SparkSession) -> None:
     transactions = silver(spark, two_taste_history())
     history = recommend.interactions(transactions)
     indexers = recommend.fit_indexers(history)
     als = recommend.als_estimator(
-        rank=2, reg_param=0.1, alpha=5.0, max_iter=5, seed=1, blocks=2
+        rank=2, reg_param=0.1, alpha=5.0, max_iter=2, seed=1, blocks=2
     ).fit(indexers.index(history))
-    model = PipelineModel(stages=[indexers.user, indexers.item, als])
-    customers = spark.createDataFrame([(f"c{i:02d}",) for i in range(12)], "customer_id string")
-    popular = recommend.popularity(
-        transactions, end=date(2011, 4, 1), days=30, min_country_products=3
-    )
-    bought = recommend.purchased(transactions)
-    bought_pairs = {(r.customer_id, r.product_id) for r in bought.collect()}
-
-    excluded = recommend.serve(model, customers, popular, k=3, bought=bought).collect()
-    assert len(excluded) == 36
-    assert not {(r.customer_id, r.product_id) for r in excluded} & bought_pairs
-    assert {r.source for r in excluded} == {S.SOURCE_ALS}
-
-    allowed = recommend.serve(model, customers, popular, k=3, bought=None).collect()
-    assert len(allowed) == 36
-    # The model learned the groups, so without exclusion it recommends what they buy.
-    assert {(r.customer_id, r.product_id) for r in allowed} & bought_pairs
+    # What earlier versions registered: no rankers.
+    earlier = PipelineModel(stages=[indexers.user, indexers.item, als])
+    with pytest.raises(RetailmlError, match=r"not StringIndexer.*\(StringIndexerModel, "):
+        recommend.unpack(earlier)
 
 
 def test_als_top_k_matches_brute_force_whatever_was_bought(spark: SparkSession) -> None:
@@ -416,7 +404,7 @@ def by_rank(df: DataFrame) -> dict[str, list[str]]:
     return {c: [p for _, p in sorted(rows)] for c, rows in out.items()}
 
 
-def test_run_writes_k_rows_per_customer_idempotently_and_registers(
+def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     tmp_path: Path, spark: SparkSession
 ) -> None:
     settings = make_settings(
@@ -429,6 +417,7 @@ def test_run_writes_k_rows_per_customer_idempotently_and_registers(
             "recommend.reg_params": [0.1],
             "recommend.alphas": [5.0],
             "recommend.max_iter": 5,
+            "recommend.ranker_trees": 10,
         },
     )
     lake = write_silver(settings, spark, two_taste_history())
@@ -437,24 +426,44 @@ def test_run_writes_k_rows_per_customer_idempotently_and_registers(
     assert first.as_of == date(2011, 4, 1) and first.eval_cutoff == date(2011, 3, 18)
     assert first.decision.promoted and first.model_version == first.decision.challenger_version
     assert 0.0 <= first.repeat_share <= 1.0
-    assert set(first.metrics) == {(m, mode) for m in ("als", "popular") for mode in ("all", "new")}
+    models = ("for_you", "discover", "repeat", "item_knn", "als", "popular")
+    assert set(first.metrics) == {(m, mode) for m in models for mode in ("all", "new")}
+    assert first.judged == "discover"  # exclude_purchased
+    # The repeat generator proposes only what was bought: nothing in the new mode.
+    assert first.metrics[("repeat", "new")].ndcg_at_k == 0.0
+    two = first.two_stage
+    assert two.half_life in settings.recommend.repeat_half_lives
+    assert set(two.half_lives) == set(settings.recommend.repeat_half_lives)
+    assert 0 < two.positives["for_you"] < two.rows["for_you"]
+    # These customers buy two products each, over and over: nothing new to learn from, so
+    # discover is ranked by the fixed fallback, and says so.
+    assert two.positives["discover"] == 0
+    assert any("discover: " in line and "nothing to learn from" in line for line in first.summary())
     assert any("NDCG@3" in line for line in first.summary())
+    assert first.headline().startswith(f"{first.rows_written:,} rows; NDCG@3 (new) discover ")
 
     gold = lake.read("gold.recommendations")
     assert gold.columns == S.RECOMMENDATIONS.fieldNames()
     rows = gold.collect()
-    got = by_customer(gold)
     known = {r.customer_id for r in lake.read("silver.customers").collect()}
-    assert set(got) == known and "viewer" in known
-    assert all([rank for rank, _, _ in recs] == [1, 2, 3] for recs in got.values())
-    assert first.rows_written == len(rows) == 3 * len(known)
-    # The viewer bought nothing: popular products only. Nobody is offered what they bought.
-    assert {source for _, _, source in got["viewer"]} == {S.SOURCE_POPULAR}
+    lists = {name: by_customer(gold.where(f"list = '{name}'")) for name in (S.FOR_YOU, S.DISCOVER)}
+    for got in lists.values():
+        assert set(got) == known and "viewer" in known
+        assert all([rank for rank, _, _ in recs] == [1, 2, 3] for recs in got.values())
+        # The viewer bought nothing: popular products only.
+        assert {source for _, _, source in got["viewer"]} == {S.SOURCE_POPULAR}
+    assert first.rows_written == len(rows) == 2 * 3 * len(known)
+    assert {s for _, s in first.rows_by_source} <= {*recommend.GENERATORS, S.SOURCE_POPULAR}
+    # discover never offers what was bought; for_you does (these customers rebuy).
     bought = {
         (r.customer_id, r.product_id)
         for r in recommend.purchased(lake.read("silver.transactions")).collect()
     }
-    assert not {(r.customer_id, r.product_id) for r in rows} & bought
+    offered = {
+        name: {(c, p) for c, recs in got.items() for _, p, _ in recs} for name, got in lists.items()
+    }
+    assert not offered[S.DISCOVER] & bought
+    assert offered[S.FOR_YOU] & bought
     assert {r.as_of_date for r in rows} == {date(2011, 4, 1)}
     assert all(r.product_name == f"name {r.product_id}" for r in rows)
 
@@ -463,18 +472,79 @@ def test_run_writes_k_rows_per_customer_idempotently_and_registers(
     champion = client.get_model_version_by_alias(name, registry.CHAMPION)
     assert str(champion.version) == first.decision.challenger_version
     assert champion.tags["eval_cutoff"] == "2011-03-18" and "eval_ndcg_at_k" in champion.tags
+    assert champion.tags["eval_list"] == "discover"
+    assert champion.tags["recommender_kind"] == "two_stage"
+    assert float(champion.tags["param_repeat_half_life"]) == two.half_life
     parent = client.get_run(first.parent_run_id)
-    assert (
-        "als_new_ndcg_at_k" in parent.data.metrics
-        and "pop_all_precision_at_k" in parent.data.metrics
-    )
-    assert "repeat_share" in parent.data.metrics
+    for metric in (
+        "for_you_all_ndcg_at_k",
+        "discover_new_ndcg_at_k",
+        "repeat_all_ndcg_at_k",
+        "knn_new_ndcg_at_k",
+        "als_new_ndcg_at_k",
+        "pop_all_precision_at_k",
+        "repeat_share",
+        "discover_candidate_recall",
+    ):
+        assert metric in parent.data.metrics, metric
 
     # Same data, same as-of date: the champion stays and the rows are the same, not doubled.
     second = recommend.run(settings, spark)
     assert not second.decision.promoted and second.model_version == first.model_version
     again = lake.read("gold.recommendations").collect()
     assert sorted(again) == sorted(rows)
+
+
+def test_an_earlier_gold_table_gains_the_list_column(tmp_path: Path, spark: SparkSession) -> None:
+    """gold.recommendations written before it had `list`: the as-of date is replaced and the
+    column added, earlier dates keep their rows (with no list)."""
+    settings = make_settings(tmp_path)
+    lake = Lakehouse(settings, spark)
+    earlier = [f for f in S.RECOMMENDATIONS.fields if f.name != S.LIST]
+    old = spark.createDataFrame(
+        [
+            ("c1", 1, "p1", "name p1", 0.5, "als", "1", date(2011, 3, 1)),
+            ("c1", 1, "p1", "name p1", 0.5, "als", "1", date(2011, 4, 1)),
+        ],
+        StructType(earlier),
+    )
+    old.write.format("delta").save(lake.location("gold.recommendations"))
+    new = spark.createDataFrame(
+        [("c1", S.FOR_YOU, 1, "p2", "name p2", 0.7, "repeat", "2", date(2011, 4, 1))],
+        S.RECOMMENDATIONS,
+    )
+    lake.replace_where("gold.recommendations", new, "as_of_date = '2011-04-01'")
+    got = sorted(
+        (r.as_of_date.isoformat(), r.list, r.product_id)
+        for r in lake.read("gold.recommendations").collect()
+    )
+    assert got == [("2011-03-01", None, "p1"), ("2011-04-01", S.FOR_YOU, "p2")]
+
+
+def test_without_a_window_before_the_evaluation_window_the_ranker_is_a_clear_error(
+    tmp_path: Path, spark: SparkSession
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        **{
+            "recommend.k": 2,
+            "recommend.eval_days": 20,
+            "recommend.ranks": [2],
+            "recommend.reg_params": [0.1],
+            "recommend.alphas": [5.0],
+            "recommend.max_iter": 2,
+        },
+    )
+    # Purchases from 2 March; the evaluation window starts 12 March; the ranker's would start
+    # on 20 February, before any history.
+    rows: list[Row] = [
+        (f"i{c}-{d}", f"c{c}", f"p{(c + d) % 4}", 1, f"2011-03-{d + 2:02d}", "purchase", "UK")
+        for c in range(6)
+        for d in range(0, 30, 3)
+    ]
+    write_silver(settings, spark, rows)
+    with pytest.raises(RetailmlError, match="the ranker has no window before the evaluation"):
+        recommend.run(settings, spark)
 
 
 def test_run_tunes_on_a_sample_of_customers_above_the_setting(
@@ -492,6 +562,7 @@ def test_run_tunes_on_a_sample_of_customers_above_the_setting(
             "recommend.alphas": [5.0],
             "recommend.max_iter": 5,
             "recommend.tune_max_customers": 6,  # of the 12 buyers
+            "recommend.ranker_trees": 10,
         },
     )
     lake = write_silver(settings, spark, two_taste_history())
@@ -504,7 +575,7 @@ def test_run_tunes_on_a_sample_of_customers_above_the_setting(
         for r in lake.read("silver.customers").where(customer_share(settings.seed) < 0.5).collect()
     }
     assert 0 < result.eval_customers <= len(share & {f"c{i:02d}" for i in range(12)}) < 12
-    got = by_customer(lake.read("gold.recommendations"))
+    got = by_customer(lake.read("gold.recommendations").where(f"list = '{S.FOR_YOU}'"))
     assert len(got) == lake.read("silver.customers").count()
     assert all(len(recs) == 3 for recs in got.values())
 
@@ -538,12 +609,16 @@ def test_a_one_product_shop_gets_popularity_without_tuning(
     result = recommend.run(settings, spark)
     assert isinstance(result, recommend.PopularOnlyResult)
     assert result.summary()[0].startswith(
-        "only 1 product(s) were ever bought, fewer than recommend.k = 5: ALS was not tuned"
+        "only 1 product(s) were ever bought, fewer than recommend.k = 5: nothing was tuned"
     )
-    got = by_customer(lake.read("gold.recommendations"))
+    gold = lake.read("gold.recommendations")
+    assert by_customer(gold.where(f"list = '{S.DISCOVER}'")) == by_customer(
+        gold.where(f"list = '{S.FOR_YOU}'")
+    )
+    got = by_customer(gold.where(f"list = '{S.DISCOVER}'"))
     # The buyers have bought the whole catalogue; the viewer gets it. Postage is never offered.
     assert got == {"viewer": [(1, "only", S.SOURCE_POPULAR)]}
-    assert result.rows_written == 1 and "()" not in result.headline()
+    assert result.rows_written == 2 and "()" not in result.headline()
 
 
 def test_missing_columns_are_named(spark: SparkSession) -> None:

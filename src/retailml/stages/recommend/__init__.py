@@ -1,64 +1,77 @@
-"""Recommend: implicit-feedback ALS on purchase history → ``gold.recommendations``.
+"""Recommend: a two-stage recommender on purchase history → ``gold.recommendations``, two lists
+per customer: ``for_you`` (rebuys allowed) and ``discover`` (never-bought products only).
 
 The package: :mod:`.data` (interactions, purchases, indexers, popularity), :mod:`.als` (the
-estimator and exact top-k scoring), :mod:`.serving` (the lists and gold rows),
-:mod:`.evaluation` (the evaluation set, the grid, the baseline) and :mod:`.task` (``run``).
+ALS estimator and exact top-k scoring), :mod:`.generators` (the candidate generators),
+:mod:`.ranker` (candidates, features, the learned ranker), :mod:`.evaluation` (the evaluation
+set, ALS's grid, the popularity baseline), :mod:`.twostage` (the repeat half-life and the
+rankers, trained and measured on time), :mod:`.serving` (both lists, the popularity fill, gold
+rows) and :mod:`.task` (``run``).
 
 **Products only.** Lines that are not merchandise (``line_kind`` other than ``product``:
-postage, fees, discounts…) never enter the interactions, the popularity ranking, the
-evaluation truth or the catalogue size, so they are never recommended.
+postage, fees, discounts…) never enter the interactions, the generators, the popularity
+ranking, the evaluation truth or the catalogue size, so they are never recommended.
 
-**Interactions** (:func:`interactions`). Known customers' purchase and return lines (guests
-have no id to recommend to) become one row per customer and product with the rating
-``log1p(purchase lines × share of the bought units that were kept)``: how often a customer
-bought a product, discounted by what they sent back (bought 10 units, returned 1 → 0.9 of the
-lines count; everything returned → 0, and the row is dropped). Lines rather than units, so a
+**Interactions** (:func:`interactions`, ALS's input). Known customers' purchase and return
+lines (guests have no id to recommend to) become one row per customer and product with the
+rating ``log1p(purchase lines × share of the bought units that were kept)``: how often a
+customer bought a product, discounted by what they sent back. Lines rather than units, so a
 wholesale order of 500 pieces does not outweigh a product bought every month.
 
+**Generators** (first stage, :mod:`.generators`): each a DataFrame function of the history
+before a cutoff — ``repeat`` (the customer's own products by time-decayed purchase days, the
+half-life tuned), ``item_knn`` (co-purchase cosine neighbours, top-N per product), ``als``
+(implicit-feedback ALS, exactly scored) and ``popular`` (recent best sellers).
+
+**Ranker** (second stage, :mod:`.ranker`): per customer, the union of every generator's top
+``candidates``, with features (each generator's score, relative score and rank; purchase
+days, mean gap, days since, how due; the customer's activity; the product's recent and
+same-season-last-year buyer shares and popularity rank; the customer's share of its
+category), scored by an xgboost classifier trained on ``ranker_windows`` windows before the
+evaluation window (label: bought in that window). ``for_you`` ranks all candidates;
+``discover`` ranks the never-bought ones (the repeat generator proposes none of those).
+
 **Evaluation** is on time, never on a random split. The as-of date is the day after the last
-event; the evaluation cutoff lies ``eval_days`` before it. ALS is fitted on the interactions
+event; the evaluation cutoff lies ``eval_days`` before it. Every model is fitted on what came
 before the cutoff and measured against what customers bought in ``[cutoff, as_of)``, for the
 customers who had bought something before the cutoff (a customer without history is the
-fallback's job, whichever model is evaluated). Two modes:
+fallback's job). Two modes:
 
 - ``all``: against everything bought in the window, repeat purchases included, with
   recommendations that may contain products bought before;
 - ``new``: against the products new to the customer, with recommendations that exclude
   everything bought before the cutoff.
 
-The repeat share (window customer × product pairs the customer had bought before) says which
-mode describes the business. The popularity baseline is measured the same way. The grid
-(``ranks × reg_params × alphas``) is tuned on NDCG@k of the mode that matches
-``exclude_purchased``; ``recommend.parallelism`` grid points (and the baseline) are measured at
-once, in threads that inherit the task's Spark job tags, and logged to MLflow in grid order.
+Both rankers and all four generators are measured in both modes and logged to MLflow. The
+repeat share (window customer × product pairs the customer had bought before) says which mode
+describes the business. ALS's grid (``ranks × reg_params × alphas``) is tuned on NDCG@k of the
+mode that matches ``exclude_purchased``; ``recommend.parallelism`` grid points (and the
+baseline) are measured at once, in threads that inherit the task's Spark job tags.
 
-**Candidates** (:func:`scored_candidates`, :func:`top_k_from_candidates`). Each customer's
-factors are scored against the whole catalogue in a Python worker (NumPy matrix products on
-chunks of customers; the product factors, one row per product, travel with the function), the
-excluded products are set to ``-inf`` and the ``k`` best (and a few more for ties) are kept
-with ``argpartition``: exact, without a shuffle, and as cheap for a customer who bought 300
-products as for one who bought 1. Only those rows are ranked with ``row_number`` over a window
-per customer (score descending, product id on ties). No per-customer data reaches the driver.
+**ALS candidates** (:func:`scored_candidates`). Each customer's factors are scored against the
+whole catalogue in a Python worker (NumPy matrix products on chunks of customers), the
+excluded products are set to ``-inf`` and the best are kept with ``argpartition``: exact,
+without a shuffle, and as cheap for a customer who bought 300 products as for one who bought 1.
 
-**Fallback** (:func:`recommend_customers`). Every customer gets exactly ``k`` rows: first the
-customer's ALS recommendations, then the popularity ranking (distinct buyers in the last
-``popular_days``; the customer's country first when that country had at least ``k`` products
-bought, then the global ranking), skipping products already recommended and, when excluding,
-already bought. ``source`` says which; ranks run 1..k without gaps (the ALS rows keep their
-ranks 1..a, the fill continues at a + 1). ``score`` is the ALS score, or for a popular row the
-share of recent buyers (of the country, or of all) who bought the product. A customer can get
-fewer than ``k`` rows only by having bought more than :data:`MAX_EXTRA_CANDIDATES` products,
-or from a catalogue too small to fill the list.
+**Fill** (:func:`recommend_customers`). Every customer gets exactly ``k`` rows per list: first
+the ranker's, then the popularity ranking (distinct buyers in the last ``popular_days``; the
+customer's country first when that country had at least ``k`` products bought, then the
+global ranking), skipping products already on the list and, on ``discover``, already bought.
+``source`` names the generator that proposed a ranked row (the one that ranked it highest) or
+``popular`` for the fill; ranks run 1..k without gaps. ``score`` is the ranker's probability,
+or for a fill row the share of recent buyers who bought the product.
 
-**Registry.** The final model (the two ``StringIndexer`` models and ``ALSModel`` in one
-``PipelineModel``, so it maps indices back to ids by itself) is fitted on all history, logged
-and registered; the champion gate compares the tuned NDCG@k with the champion's recorded
-``eval_ndcg_at_k`` when the champion was evaluated on the same cutoff, mode and k. A champion
-measured on another cutoff is not comparable (its final model has seen the current evaluation
-window), so the challenger, fitted on newer data, replaces it. The rows are written by the
-champion after the gate: the new model when promoted, else the champion loaded through its
-alias — so re-running with nothing changed writes the same rows. ``model_version`` on every
-row, popular ones included, is the version that produced the list.
+**Registry.** The final model — the two ``StringIndexer`` models, ``ALSModel`` fitted on all
+history, and both rankers refitted on the windows up to the evaluation window, in one
+``PipelineModel`` — is logged and registered with its tuned half-life. The champion gate
+compares NDCG@k of the list ``exclude_purchased`` chooses (``discover`` against new products,
+or ``for_you`` against everything) with the champion's recorded ``eval_ndcg_at_k`` when the
+champion was evaluated on the same cutoff, mode, k and list, and is a two-stage recommender;
+otherwise it is not comparable (its final model has seen the current evaluation window), so
+the challenger, fitted on newer data, replaces it. The rows are written by the champion after
+the gate: the new model when promoted, else the champion loaded through its alias — so
+re-running with nothing changed writes the same rows. ``model_version`` on every row, popular
+ones included, is the version that produced the list.
 
 The write replaces the as-of date's rows of ``gold.recommendations`` (idempotent per date).
 """
@@ -91,16 +104,38 @@ from retailml.stages.recommend.evaluation import (
     in_parallel,
     tune,
 )
+from retailml.stages.recommend.generators import (
+    GENERATORS,
+    als_candidates,
+    item_knn,
+    item_neighbours,
+    popular_candidates,
+    purchase_days,
+    repeat,
+    top_candidates,
+)
+from retailml.stages.recommend.ranker import (
+    FEATURES,
+    candidate_features,
+    candidates_at,
+    labelled,
+    rank_candidates,
+    ranker_estimator,
+)
 from retailml.stages.recommend.serving import (
     MAX_EXTRA_CANDIDATES,
     gold_rows,
+    pack,
     recommend_customers,
     serve,
     unpack,
 )
 from retailml.stages.recommend.task import PopularOnlyResult, RecommendResult, run
+from retailml.stages.recommend.twostage import TwoStage, train_two_stage
 
 __all__ = [
+    "FEATURES",
+    "GENERATORS",
     "MAX_EXTRA_CANDIDATES",
     "REQUIRED_COLUMNS",
     "TIE_MARGIN",
@@ -110,25 +145,40 @@ __all__ = [
     "ItemFactors",
     "PopularOnlyResult",
     "RecommendResult",
+    "TwoStage",
     "als_blocks",
+    "als_candidates",
     "als_estimator",
     "als_top_k",
     "audience",
+    "candidate_features",
+    "candidates_at",
     "check_transactions",
     "evaluation_set",
     "fit_indexers",
     "gold_rows",
     "in_parallel",
     "interactions",
+    "item_knn",
+    "item_neighbours",
+    "labelled",
+    "pack",
+    "popular_candidates",
     "popularity",
+    "purchase_days",
     "purchased",
+    "rank_candidates",
+    "ranker_estimator",
     "ratings",
     "recommend_customers",
+    "repeat",
     "run",
     "scored_candidates",
     "serve",
+    "top_candidates",
     "top_k",
     "top_k_from_candidates",
+    "train_two_stage",
     "tune",
     "unpack",
 ]

@@ -53,6 +53,7 @@ from retailml.stages.recommend.data import (
 from retailml.stages.recommend.serving import recommend_customers
 
 MODE_COLUMN = "_mode"  # the mode of a row of EvaluationSet.relevant
+_GROUP = "_group"
 T = TypeVar("T")
 
 
@@ -257,11 +258,50 @@ def metrics_by_mode(
 ) -> dict[str, RankingMetrics]:
     """Ranked lists by mode (``customer_id, product_id, rank``) → their metrics by mode,
     against :attr:`EvaluationSet.relevant` (a mode without rows gets zeros)."""
+    found = metrics_of(
+        {("", mode): df for mode, df in recommended.items()},
+        relevant,
+        k=k,
+        catalog_size=catalog_size,
+    )
+    return {mode: m for (_, mode), m in found.items()}
+
+
+def metrics_of(
+    recommended: dict[tuple[str, str], DataFrame],
+    relevant: DataFrame,
+    *,
+    k: int,
+    catalog_size: int,
+) -> dict[tuple[str, str], RankingMetrics]:
+    """Several models' ranked lists, by ``(model, mode)``, measured in one pass against
+    :attr:`EvaluationSet.relevant` (each list against its mode's truth; a list without rows
+    gets zeros)."""
+    group = {key: f"{key[0]}|{key[1]}" for key in recommended}
+    lists = [
+        df.select(S.CUSTOMER_ID, S.PRODUCT_ID, S.RANK).withColumn(_GROUP, F.lit(group[key]))
+        for key, df in recommended.items()
+    ]
+    models = sorted({model for model, _ in recommended})
+    truth = relevant.select(
+        S.CUSTOMER_ID,
+        S.PRODUCT_ID,
+        MODE_COLUMN,
+        F.explode(F.array(*(F.lit(m) for m in models))).alias("_model"),
+    ).select(
+        S.CUSTOMER_ID,
+        S.PRODUCT_ID,
+        F.concat(F.col("_model"), F.lit("|"), F.col(MODE_COLUMN)).alias(_GROUP),
+    )
     found = ranking_metrics_by(
-        _with_mode(recommended), relevant, group_col=MODE_COLUMN, k=k, catalog_size=catalog_size
+        functools.reduce(DataFrame.unionByName, lists),
+        truth,
+        group_col=_GROUP,
+        k=k,
+        catalog_size=catalog_size,
     )
     empty = RankingMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
-    return {mode: found.get(mode, empty) for mode in MODES}
+    return {key: found.get(group[key], empty) for key in recommended}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from retailml import schemas as S
-from retailml.stages.recommend.als import audience, scored_candidates
+from retailml.stages.recommend.als import MASKED, audience, scored_candidates
+from retailml.stages.recommend.data import ITEM as ITEM_IDX
 from retailml.stages.recommend.data import POSITION, Indexers, known_purchases
 
 REPEAT = "repeat"
@@ -43,6 +44,8 @@ POPULAR = S.SOURCE_POPULAR
 # In the order a tie between generators names the row's source.
 GENERATORS = (REPEAT, ITEM_KNN, ALS, POPULAR)
 
+# als_candidates: whether a row is of the list without the excluded pairs.
+MASKED_COLUMN = "masked"
 # Item-kNN's similarity table.
 ITEM = "item"
 NEIGHBOUR = "neighbour"
@@ -173,17 +176,19 @@ def als_candidates(
     customers: DataFrame,
     *,
     depth: int,
-    exclude: DataFrame | None = None,
+    exclude: DataFrame,
 ) -> DataFrame:
-    """ALS's ``depth`` best products per customer, without the ``exclude``d pairs.
+    """ALS's ``depth`` best products per customer, with and without the ``exclude``d pairs,
+    from one scoring pass.
 
     Returns:
-        ``customer_id, product_id, score`` (customers the model does not know get none).
+        ``customer_id, product_id, score, masked`` (``masked``: without the excluded pairs;
+        customers the model does not know get no rows).
     """
     who = audience(indexers, customers, exclude=exclude)
-    rows = scored_candidates(model, who, depth=depth, masked=(exclude is not None,))
-    return indexers.item_ids(rows.select(S.CUSTOMER_ID, "item_idx", S.SCORE_VALUE)).select(
-        S.CUSTOMER_ID, S.PRODUCT_ID, S.SCORE_VALUE
+    rows = scored_candidates(model, who, depth=depth, masked=(False, True))
+    return indexers.item_ids(rows.select(S.CUSTOMER_ID, ITEM_IDX, MASKED, S.SCORE_VALUE)).select(
+        S.CUSTOMER_ID, S.PRODUCT_ID, S.SCORE_VALUE, F.col(MASKED).alias(MASKED_COLUMN)
     )
 
 

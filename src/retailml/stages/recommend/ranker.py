@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.feature import VectorAssembler
+from pyspark.ml.feature import SQLTransformer, VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, Window
@@ -33,6 +33,7 @@ from retailml.stages.recommend.generators import (
     ALS,
     GENERATORS,
     ITEM_KNN,
+    MASKED_COLUMN,
     POPULAR,
     REPEAT,
     als_candidates,
@@ -259,17 +260,38 @@ def ranker_estimator(*, max_depth: int, trees: int, learning_rate: float, seed: 
     )
 
 
+FALLBACK_SCORE = "fallback_score"
+
+
+def fallback_ranker() -> PipelineModel:
+    """The ranker of a list without a single purchase to learn from (every label 0): ALS's
+    relative score, then item-kNN's, then popularity's, as one fixed SQL expression (a
+    ``SQLTransformer``, so it is saved and loaded like a fitted ranker)."""
+    score = " + ".join(
+        f"{weight} * {relative_column(g)}"
+        for weight, g in ((1.0, ALS), (0.01, ITEM_KNN), (0.0001, POPULAR))
+    )
+    return PipelineModel(
+        stages=[SQLTransformer(statement=f"SELECT *, {score} AS {FALLBACK_SCORE} FROM __THIS__")]
+    )
+
+
 def rank_candidates(model: PipelineModel, features: DataFrame, *, k: int) -> DataFrame:
     """The ``k`` most likely purchases per customer, ranked 1..k (product id on ties), with
     the generator that proposed each (the one that ranked it highest; the order of
     :data:`GENERATORS` on ties).
 
     Returns:
-        ``customer_id, product_id, score, rank, source`` (``score``: the ranker's probability).
+        ``customer_id, product_id, score, rank, source`` (``score``: the ranker's probability,
+        or the :func:`fallback_ranker`'s score).
     """
-    scored = model.transform(features).withColumn(
-        S.SCORE_VALUE, vector_to_array(F.col("probability"))[1]
+    scored = model.transform(features)
+    score = (
+        vector_to_array(F.col("probability"))[1]
+        if "probability" in scored.columns
+        else F.col(FALLBACK_SCORE)
     )
+    scored = scored.withColumn(S.SCORE_VALUE, score)
     order = Window.partitionBy(S.CUSTOMER_ID).orderBy(F.col(S.SCORE_VALUE).desc(), S.PRODUCT_ID)
     top = scored.withColumn(S.RANK, F.row_number().over(order)).where(F.col(S.RANK) <= k)
     best = F.least(*(F.col(rank_column(g)) for g in GENERATORS))
@@ -338,17 +360,23 @@ def candidates_at(
     popular = persist(
         popularity(transactions, end=end, days=cfg.popular_days, min_country_products=cfg.k), keep
     )
-    mine = repeats.join(who, S.CUSTOMER_ID, "left_semi")
+    mine = persist(repeats.join(who, S.CUSTOMER_ID, "left_semi"), keep)
     depth = cfg.candidates
+    knn = persist(item_knn(mine, neighbours), keep)
+    als = persist(als_candidates(als_model, indexers, who, depth=depth, exclude=bought), keep)
+
+    def of_als(masked: bool) -> DataFrame:
+        return als.where(F.col(MASKED_COLUMN) == F.lit(masked)).drop(MASKED_COLUMN)
+
     generated = {
         REPEAT: mine,
-        ITEM_KNN: item_knn(mine, neighbours),
-        ALS: als_candidates(als_model, indexers, who, depth=depth),
+        ITEM_KNN: knn,
+        ALS: of_als(False),
         POPULAR: popular_candidates(who, popular, depth=depth),
     }
     unbought = {
-        ITEM_KNN: generated[ITEM_KNN],
-        ALS: als_candidates(als_model, indexers, who, depth=depth, exclude=bought),
+        ITEM_KNN: knn,
+        ALS: of_als(True),
         POPULAR: popular_candidates(who, popular, depth=2 * depth),
     }
 

@@ -120,8 +120,9 @@ class RecommendResult:
         tuned = self.metrics[(ALS_MODEL, self.tuned_mode)].ndcg_at_k
         half_lives = ", ".join(f"{h:g} d {v:.4f}" for h, v in two.half_lives.items())
         rankers = "; ".join(
-            f"{name}: {two.rows[name]:,} candidates, {two.positives[name]:,} bought, "
-            f"candidate recall {two.candidate_recall[name]:.1%}"
+            f"{name}: {two.rows[name]:,} candidates, {two.positives[name]:,} bought"
+            + ("" if two.positives[name] else " (nothing to learn from: ranked by ALS's score)")
+            + f", candidate recall {two.candidate_recall[name]:.1%}"
             for name in two.rows
         )
         d = self.decision

@@ -37,12 +37,13 @@ from retailml.stages.recommend.als import als_estimator, top_k
 from retailml.stages.recommend.data import (
     Indexers,
     interactions,
+    known_purchases,
     persist,
     purchased,
     ratings,
     without_lineage,
 )
-from retailml.stages.recommend.evaluation import MODE_COLUMN, EvaluationSet, metrics_by_mode
+from retailml.stages.recommend.evaluation import MODE_COLUMN, EvaluationSet, metrics_of
 from retailml.stages.recommend.generators import ITEM_KNN, REPEAT, purchase_days, repeat
 from retailml.stages.recommend.ranker import (
     DISCOVER,
@@ -50,6 +51,7 @@ from retailml.stages.recommend.ranker import (
     LABEL,
     Candidates,
     candidates_at,
+    fallback_ranker,
     labelled,
     rank_candidates,
     ranker_estimator,
@@ -136,8 +138,10 @@ def train_two_stage(
     k, eval_cutoff, prior = cfg.k, data.cutoff, data.prior
     window = timedelta(days=cfg.eval_days)
 
-    def measure(recommended: dict[str, DataFrame]) -> dict[str, RankingMetrics]:
-        return metrics_by_mode(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
+    def measure(
+        recommended: dict[tuple[str, str], DataFrame],
+    ) -> dict[tuple[str, str], RankingMetrics]:
+        return metrics_of(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
 
     def at(end: date, who: DataFrame, half_life: float) -> Candidates:
         als_model = fit_als_before(
@@ -152,60 +156,68 @@ def train_two_stage(
     # The half-life, on the evaluation window (cheap: no model).
     days = persist(purchase_days(transactions, end=eval_cutoff), keep)
     mine = days.join(data.customers.select(S.CUSTOMER_ID), S.CUSTOMER_ID, "left_semi")
-    by_half_life = {
-        h: measure(_both_modes(repeat(mine, end=eval_cutoff, half_life=h), prior, k=k))
-        for h in cfg.repeat_half_lives
-    }
-    half_life = max(cfg.repeat_half_lives, key=lambda h: by_half_life[h][ALL].ndcg_at_k)
+    lists = {}
+    for h in cfg.repeat_half_lives:
+        scores = repeat(mine, end=eval_cutoff, half_life=h)
+        lists |= {
+            (f"{REPEAT}@{h:g}", mode): df for mode, df in _both_modes(scores, prior, k=k).items()
+        }
+    by_half_life = measure(lists)
+    half_life = max(
+        cfg.repeat_half_lives, key=lambda h: by_half_life[(f"{REPEAT}@{h:g}", ALL)].ndcg_at_k
+    )
 
     # The rankers learn from the windows before the evaluation window.
+    first = known_purchases(transactions).agg(F.min(S.EVENT_DATE)).first()[0]
     windows = []
     for n in range(1, cfg.ranker_windows + 1):
         start = eval_cutoff - n * window
+        if first is None or first >= start:
+            break  # no history before this window, nor before any earlier one
         buys = _window_buyers(transactions, start=start, end=start + window)
         if data.sample < 1.0:
             buys = buys.where(customer_share(seed) < data.sample)
-        who = persist(_with_history(buys, transactions, start), keep)
-        if who.isEmpty():
-            break  # no history before this window, nor before any earlier one
-        windows.append((at(start, who, half_life), buys))
+        windows.append((at(start, _with_history(buys, transactions, start), half_life), buys))
     if not windows:
         raise RetailmlError(
-            f"no customer bought before {eval_cutoff - window} and again before {eval_cutoff}: "
-            f"the ranker has no window to learn from; ingest more history or shorten "
-            f"recommend.eval_days"
+            f"no purchases before {eval_cutoff - window}: the ranker has no window before the "
+            f"evaluation window to learn from; ingest more history or shorten recommend.eval_days"
         )
     test = at(eval_cutoff, data.customers, half_life)
 
-    metrics = {(REPEAT, mode): m for mode, m in by_half_life[half_life].items()}
-    found = measure(_both_modes(test.generated[ITEM_KNN], prior, k=k))
-    metrics |= {(ITEM_KNN, mode): m for mode, m in found.items()}
     truth = {
         mode: data.relevant.where(F.col(MODE_COLUMN) == mode).select(S.CUSTOMER_ID, S.PRODUCT_ID)
         for mode in (ALL, NEW)
+    }
+    lists = {
+        (ITEM_KNN, mode): df
+        for mode, df in _both_modes(test.generated[ITEM_KNN], prior, k=k).items()
     }
     rankers, rows, positives, recall = {}, {}, {}, {}
     for name in (FOR_YOU, DISCOVER):
         test_frame = test.lists[name]
         training = persist(_union(labelled(c.lists[name], buys) for c, buys in windows), keep)
-        counted = training.agg(F.count(F.lit(1)), F.sum(LABEL)).first()
-        rows[name], positives[name] = int(counted[0]), int(counted[1] or 0)
-        model = _fit(training, cfg=cfg, seed=seed)
+        rows[name], positives[name] = _counts(training)
+        model = _fit(training, positives[name], cfg=cfg, seed=seed)
         unbought = test_frame.join(prior, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti")
-        lists = {ALL: test_frame, NEW: unbought}
-        found = measure({mode: rank_candidates(model, f, k=k) for mode, f in lists.items()})
-        metrics |= {(name, mode): m for mode, m in found.items()}
-        wanted = truth[ALL if name == FOR_YOU else NEW]
-        hits = wanted.join(test_frame, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_semi").count()
-        recall[name] = hits / max(wanted.count(), 1)
+        lists[(name, ALL)] = rank_candidates(model, test_frame, k=k)
+        lists[(name, NEW)] = rank_candidates(model, unbought, k=k)
+        recall[name] = _recall(truth[ALL if name == FOR_YOU else NEW], test_frame)
         # For serving: the same number of windows, moved on by one to end with the
         # evaluation window (the freshest labelled one).
         newest = [labelled(test_frame, truth[ALL])]
         newest += [labelled(c.lists[name], buys) for c, buys in windows[:-1]]
-        rankers[name] = _fit(_union(newest), cfg=cfg, seed=seed)
+        serving = persist(_union(newest), keep)
+        rankers[name] = _fit(serving, _counts(serving)[1], cfg=cfg, seed=seed)
+    metrics = measure(lists)
+    metrics |= {
+        (REPEAT, mode): by_half_life[(f"{REPEAT}@{half_life:g}", mode)] for mode in (ALL, NEW)
+    }
     return TwoStage(
         half_life=half_life,
-        half_lives={h: m[ALL].ndcg_at_k for h, m in by_half_life.items()},
+        half_lives={
+            h: by_half_life[(f"{REPEAT}@{h:g}", ALL)].ndcg_at_k for h in cfg.repeat_half_lives
+        },
         metrics=metrics,
         rankers=rankers,
         positives=positives,
@@ -213,6 +225,17 @@ def train_two_stage(
         candidate_recall=recall,
         seconds=time.monotonic() - started,
     )
+
+
+def _recall(wanted: DataFrame, candidates: DataFrame) -> float:
+    """The share of ``wanted`` (customer_id, product_id) among ``candidates``."""
+    found = candidates.select(S.CUSTOMER_ID, S.PRODUCT_ID).withColumn("_hit", F.lit(1))
+    row = (
+        wanted.join(found, [S.CUSTOMER_ID, S.PRODUCT_ID], "left")
+        .agg(F.count(F.lit(1)).alias("n"), F.count("_hit").alias("hits"))
+        .first()
+    )
+    return row["hits"] / row["n"] if row and row["n"] else 0.0
 
 
 def _union(frames: Iterable[DataFrame]) -> DataFrame:
@@ -235,7 +258,19 @@ def _with_history(window_buys: DataFrame, transactions: DataFrame, cutoff: date)
     )
 
 
-def _fit(training: DataFrame, *, cfg: RecommendSettings, seed: int) -> PipelineModel:
+def _counts(training: DataFrame) -> tuple[int, int]:
+    """Rows and positive labels of a training frame."""
+    row = training.agg(F.count(F.lit(1)), F.sum(LABEL)).first()
+    return (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+
+
+def _fit(
+    training: DataFrame, positives: int, *, cfg: RecommendSettings, seed: int
+) -> PipelineModel:
+    """The ranker fitted on ``training``, or the fixed :func:`fallback_ranker` when it holds no
+    purchase (a shop where nobody bought anything new in the windows, say)."""
+    if not positives:
+        return fallback_ranker()
     estimator = ranker_estimator(
         max_depth=cfg.ranker_max_depth,
         trees=cfg.ranker_trees,

@@ -1,0 +1,213 @@
+"""The two-stage recommender's parts on tiny data with values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+
+from retailml import schemas as S
+from retailml.stages import recommend
+from retailml.stages.recommend import ranker
+from retailml.stages.recommend.generators import rank_column, score_column
+
+END = date(2011, 4, 1)
+DAYS = "customer_id string, product_id string, event_date date"
+SCORES = "customer_id string, product_id string, score double"
+
+
+def days_frame(spark: SparkSession, rows: list[tuple[str, str, str]]) -> DataFrame:
+    return spark.createDataFrame([(c, p, date.fromisoformat(d)) for c, p, d in rows], DAYS)
+
+
+def as_dict(df: DataFrame, *keys: str, value: str) -> dict[tuple[str, ...], float]:
+    return {tuple(r[k] for k in keys): r[value] for r in df.collect()}
+
+
+def test_repeat_decays_each_purchase_day_by_its_age(spark: SparkSession) -> None:
+    days = days_frame(
+        spark,
+        [("c1", "p1", "2011-03-22"), ("c1", "p1", "2011-03-02"), ("c1", "p2", "2011-01-01")],
+    )
+    got = as_dict(recommend.repeat(days, end=END, half_life=10.0), S.PRODUCT_ID, value="score")
+    assert got[("p1",)] == pytest.approx(2 ** (-10 / 10) + 2 ** (-30 / 10))
+    assert got[("p2",)] == pytest.approx(2 ** (-90 / 10))
+
+
+def test_purchase_days_are_distinct_product_days_of_known_customers_before_the_end(
+    spark: SparkSession,
+) -> None:
+    from tests.stages.test_recommend import silver
+
+    rows = [
+        ("i1", "c1", "p1", 1, "2011-03-01", "purchase", "UK"),
+        ("i2", "c1", "p1", 2, "2011-03-01", "purchase", "UK"),  # same day: one purchase day
+        ("i3", "c1", "p1", 1, "2011-03-05", "purchase", "UK"),
+        ("i4", None, "p1", 1, "2011-03-05", "purchase", "UK"),  # a guest
+        ("i5", "c1", "POST", 1, "2011-03-05", "purchase", "UK"),  # not a product
+        ("i6", "c1", "p2", 1, "2011-04-01", "purchase", "UK"),  # on the end: after
+        ("C7", "c1", "p3", -1, "2011-03-06", "return", "UK"),
+    ]
+    got = recommend.purchase_days(silver(spark, rows), end=END).collect()
+    assert sorted((r.product_id, r.event_date.isoformat()) for r in got) == [
+        ("p1", "2011-03-01"),
+        ("p1", "2011-03-05"),
+    ]
+
+
+def test_item_neighbours_are_cosine_of_buyers_top_n_from_recent_products(
+    spark: SparkSession,
+) -> None:
+    days = days_frame(
+        spark,
+        [
+            ("a", "p1", "2011-03-01"),
+            ("a", "p2", "2011-03-02"),
+            ("b", "p1", "2011-03-01"),
+            ("b", "p2", "2011-03-03"),
+            ("c", "p1", "2011-03-01"),
+            ("c", "p3", "2011-03-04"),
+            # d's oldest product falls outside recent_products=2, and e's outside the lookback.
+            ("d", "p3", "2011-03-01"),
+            ("d", "p4", "2011-03-10"),
+            ("d", "p5", "2011-03-11"),
+            ("e", "p1", "2010-01-01"),
+            ("e", "p3", "2010-01-01"),
+        ],
+    )
+    top = recommend.item_neighbours(
+        days, end=END, lookback_days=365, neighbours=1, recent_products=2
+    )
+    got = as_dict(top, "item", "neighbour", value="similarity")
+    # Buyers: p1 {a, b, c}, p2 {a, b}, p3 {c}, p4 {d}, p5 {d}.
+    assert got == {
+        ("p1", "p2"): pytest.approx(2 / math.sqrt(3 * 2)),
+        ("p2", "p1"): pytest.approx(2 / math.sqrt(3 * 2)),
+        ("p3", "p1"): pytest.approx(1 / math.sqrt(3 * 1)),
+        ("p4", "p5"): pytest.approx(1.0),
+        ("p5", "p4"): pytest.approx(1.0),
+    }
+
+    weights = spark.createDataFrame([("x", "p1", 2.0), ("x", "p3", 1.0)], SCORES)
+    scores = as_dict(recommend.item_knn(weights, top), S.PRODUCT_ID, value="score")
+    # x's p1 proposes p2; x's p3 proposes p1 (a product x bought may come back).
+    assert scores == {
+        ("p2",): pytest.approx(2.0 * 2 / math.sqrt(6)),
+        ("p1",): pytest.approx(1.0 / math.sqrt(3)),
+    }
+
+
+def test_top_candidates_union_every_generator_with_absent_ones_filled(
+    spark: SparkSession,
+) -> None:
+    first = spark.createDataFrame([("c1", "p1", 3.0), ("c1", "p2", 2.0), ("c1", "p3", 1.0)], SCORES)
+    second = spark.createDataFrame([("c1", "p3", 0.5), ("c1", "p4", 0.9)], SCORES)
+    bought = spark.createDataFrame([("c1", "p1")], "customer_id string, product_id string")
+    union = recommend.top_candidates({"a": first, "b": second}, depth=2)
+    got = {r.product_id: r for r in union.collect()}
+    assert set(got) == {"p1", "p2", "p3", "p4"}  # p3 from b (a's third)
+    assert (got["p3"][score_column("a")], got["p3"][rank_column("a")]) == (0.0, 3)
+    assert (got["p3"][score_column("b")], got["p3"][rank_column("b")]) == (0.5, 2)
+    assert got["p4"][rank_column("b")] == 1
+
+    # Excluding before ranking: p1 goes, and a's p3 moves up to its second place.
+    unbought = recommend.top_candidates({"a": first, "b": second}, depth=2, exclude=bought)
+    ranks = {r.product_id: r[rank_column("a")] for r in unbought.collect()}
+    assert ranks == {"p2": 1, "p3": 2, "p4": 3}
+
+
+def test_candidate_features_worked_by_hand(spark: SparkSession) -> None:
+    days = days_frame(
+        spark,
+        [
+            ("c1", "p1", "2011-03-02"),
+            ("c1", "p1", "2011-03-12"),
+            ("c1", "p1", "2011-03-22"),  # every 10 days; last 10 days ago: due 1.0
+            ("c1", "p2", "2011-03-31"),
+            ("c2", "p2", "2011-03-30"),
+            ("c2", "p3", "2010-04-05"),  # in the same window a year before (364 days)
+        ],
+    )
+    candidates = spark.createDataFrame(
+        [("c1", "p1", 2.0, 1), ("c1", "p3", 1.0, 2)],
+        f"customer_id string, product_id string, {score_column('repeat')} double, "
+        f"{rank_column('repeat')} int",
+    )
+    popular = spark.createDataFrame(
+        [(None, "p2", 1, 2, 1.0), (None, "p1", 2, 1, 0.5)],
+        "country string, product_id string, position int, buyers long, score double",
+    )
+    categories = spark.createDataFrame(
+        [("p1", "mugs"), ("p2", "mugs"), ("p3", None)], "product_id string, category string"
+    )
+    features = ranker.candidate_features(
+        candidates,
+        days,
+        end=END,
+        window_days=30,
+        depth=20,
+        popular=popular,
+        categories=categories,
+    )
+    assert features.columns == [S.CUSTOMER_ID, S.PRODUCT_ID, *ranker.FEATURES]
+    got = {r.product_id: r for r in features.collect()}
+    p1, p3 = got["p1"], got["p3"]
+    assert (p1.purchase_days, p1.mean_gap, p1.days_since, p1.due) == (3, 10.0, 10, 1.0)
+    assert (p3.purchase_days, p3.mean_gap, p3.days_since, p3.due) == (0, 0.0, -1, 0.0)
+    assert p1.relative_repeat == 1.0 and p3.relative_repeat == 0.5
+    # Generators the candidates lack: score 0 and rank depth + 1.
+    assert (p1.score_als, p1.rank_als, p1.relative_als) == (0.0, 21.0, 0.0)
+    assert (p1.customer_products, p1.customer_recency, p1.customer_recent_days) == (2, 1, 4)
+    # In the last 30 days c1 and c2 bought: p1 by c1 → 1/2; a year before only c2 bought p3.
+    assert (p1.recent_share, p1.season_share, p1.popularity_rank) == (0.5, 0.0, 2.0)
+    assert (p3.recent_share, p3.season_share, p3.popularity_rank) == (0.0, 1.0, 1_000_000.0)
+    # c1's purchase days: four in "mugs", none elsewhere; p3 has no category.
+    assert (p1.category_share, p3.category_share) == (1.0, 0.0)
+
+
+def test_ranked_candidates_name_the_generator_that_ranked_them_highest(
+    spark: SparkSession,
+) -> None:
+    from pyspark.ml import Pipeline
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.feature import VectorAssembler
+
+    rows = [
+        # customer, product, score_g / rank_g of repeat, item_knn, als, popular
+        ("c1", "p1", [(1.0, 1.0), (0.0, 21.0), (0.9, 1.0), (0.0, 21.0)], 1.0),
+        ("c1", "p2", [(0.0, 21.0), (0.5, 1.0), (0.0, 21.0), (0.4, 3.0)], 0.0),
+        ("c1", "p3", [(0.0, 21.0), (0.0, 21.0), (0.5, 2.0), (0.6, 2.0)], 0.0),
+    ]
+    schema = ", ".join(
+        [f"{S.CUSTOMER_ID} string", f"{S.PRODUCT_ID} string"]
+        + [
+            f"{col} double"
+            for g in recommend.GENERATORS
+            for col in (score_column(g), rank_column(g))
+        ]
+        + ["label double"]
+    )
+    frame = spark.createDataFrame(
+        [(c, p, *[v for pair in gens for v in pair], label) for c, p, gens, label in rows],
+        schema,
+    )
+    inputs = [score_column(g) for g in recommend.GENERATORS]
+    model = Pipeline(
+        stages=[
+            VectorAssembler(inputCols=inputs, outputCol="features"),
+            LogisticRegression(labelCol="label", maxIter=5),
+        ]
+    ).fit(frame)
+    got = ranker.rank_candidates(model, frame, k=3).collect()
+    assert sorted(r.rank for r in got) == [1, 2, 3]
+    assert max(got, key=lambda r: r.score).product_id == "p1"  # the one bought
+    # p1: repeat and ALS both rank it first (repeat comes first in GENERATORS); p3: ALS and
+    # popular both second (ALS comes first).
+    assert {r.product_id: r.source for r in got} == {
+        "p1": "repeat",
+        "p2": "item_knn",
+        "p3": "als",
+    }
+    assert len(ranker.rank_candidates(model, frame, k=2).collect()) == 2
