@@ -10,6 +10,11 @@ from retailml.errors import RetailmlError
 from retailml.lakehouse import Lakehouse
 from retailml.settings import Settings
 
+LIST_TITLES = {
+    S.FOR_YOU: "for you (rebuys allowed)",
+    S.DISCOVER: "discover (never bought)",
+}
+
 
 def customer_card(settings: Settings, spark: SparkSession, customer_id: str) -> list[str]:
     """Printable lines: the customer's latest propensity, decile, rank and recommendations.
@@ -40,14 +45,22 @@ def customer_card(settings: Settings, spark: SparkSession, customer_id: str) -> 
         mine = lake.read("gold.recommendations").where(F.col(S.CUSTOMER_ID) == customer_id)
         latest = mine.agg(F.max(S.AS_OF_DATE)).first()
         if latest and latest[0] is not None:
-            recs = mine.where(F.col(S.AS_OF_DATE) == latest[0]).orderBy(S.RANK).collect()
-    if recs:
-        lines.append(f"recommendations as of {recs[0][S.AS_OF_DATE]}:")
-        lines += [
+            recs = (
+                mine.where(F.col(S.AS_OF_DATE) == latest[0])
+                .orderBy(*([F.col(S.LIST).desc()] if S.LIST in mine.columns else []), S.RANK)
+                .collect()
+            )
+    shown: object = object()
+    for r in recs:
+        which = r.asDict().get(S.LIST)  # absent from a table written before lists existed
+        if which != shown:
+            shown = which
+            name = LIST_TITLES.get(str(which), "recommendations")
+            lines.append(f"{name} as of {r[S.AS_OF_DATE]}:")
+        lines.append(
             f"  {r[S.RANK]}. {r[S.PRODUCT_ID]:<10} {r[S.PRODUCT_NAME] or '':<40} "
             f"{r[S.SCORE_VALUE]:.3f} ({r[S.SOURCE]})"
-            for r in recs
-        ]
+        )
     if not lines:
         raise RetailmlError(
             f"customer {customer_id!r} is not in gold.purchase_propensity or "

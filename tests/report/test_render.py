@@ -128,8 +128,8 @@ def full_data() -> D.ReportData:
                 "C001",
                 1,
                 [
-                    D.Recommendation(1, "P1", "WHITE MUG", "als", 0.91),
-                    D.Recommendation(2, "P2", HOSTILE, "popular", 0.12),
+                    D.Recommendation("for_you", 1, "P1", "WHITE MUG", "repeat", 0.91),
+                    D.Recommendation("discover", 1, "P2", HOSTILE, "popular", 0.12),
                 ],
             ),
             D.CustomerRecommendations("C002", 2, []),

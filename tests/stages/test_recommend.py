@@ -16,6 +16,7 @@ from pyspark.sql.types import StructType
 from retailml import schemas as S
 from retailml.errors import InputError, RetailmlError
 from retailml.lakehouse import Lakehouse
+from retailml.lookup import customer_card
 from retailml.ml import registry, tracking
 from retailml.ml.sample import customer_share
 from retailml.settings import Settings
@@ -466,6 +467,10 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     assert offered[S.FOR_YOU] & bought
     assert {r.as_of_date for r in rows} == {date(2011, 4, 1)}
     assert all(r.product_name == f"name {r.product_id}" for r in rows)
+    # `retailml customer ID` shows both lists.
+    card = customer_card(settings, spark, "c00")
+    assert card[0] == "for you (rebuys allowed) as of 2011-04-01:"
+    assert card[4] == "discover (never bought) as of 2011-04-01:" and len(card) == 8
 
     client = tracking.configure(settings)
     name = settings.recommend.model_name

@@ -163,6 +163,7 @@ class RankingSummary:
 
 @dataclass(frozen=True)
 class Recommendation:
+    list: str  # for_you or discover (empty in rows written before lists existed)
     rank: int
     product_id: str
     product_name: str | None
@@ -172,7 +173,7 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class CustomerRecommendations:
-    """One sample customer's list, with why they were picked (their propensity rank)."""
+    """One sample customer's lists, with why they were picked (their propensity rank)."""
 
     customer_id: str
     buyer_rank: int | None

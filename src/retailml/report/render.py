@@ -78,7 +78,7 @@ def _plots(data: D.ReportData) -> dict[str, list[Plot]]:
         )
     if data.ranking and data.ranking.metrics:
         r = data.ranking
-        # In the order gather found them (recommend's MODES, ALS before popularity).
+        # In the order gather found them (recommend's MODES; the rankers, then the generators).
         models = list(dict.fromkeys(model for model, _ in r.metrics))
         modes = list(dict.fromkeys(mode for _, mode in r.metrics))
         add(

@@ -244,27 +244,22 @@ def sample_recommendations(
     if latest is None or latest[0] is None:
         raise Unavailable("gold.recommendations is empty; run `retailml task recommend`")
     current = recommendations.where(F.col(S.AS_OF_DATE) == F.lit(latest[0]))
-    picked: list[tuple[str, int | None]]
-    if buyers is not None:
-        picked = [
-            (str(r[S.CUSTOMER_ID]), int(r[S.RANK]))
-            for r in buyers.orderBy(S.RANK).limit(customers).collect()
-        ]
-    else:
-        picked = [
-            (str(r[S.CUSTOMER_ID]), None)
-            for r in current.select(S.CUSTOMER_ID)
-            .distinct()
-            .orderBy(S.CUSTOMER_ID)
-            .limit(customers)
-            .collect()
-        ]
+    first = (
+        buyers.select(S.CUSTOMER_ID, S.RANK).orderBy(S.RANK)
+        if buyers is not None
+        else current.select(S.CUSTOMER_ID, F.lit(None).alias(S.RANK))
+        .distinct()
+        .orderBy(S.CUSTOMER_ID)
+    )
+    picked = [(str(r[0]), r[1]) for r in first.limit(customers).collect()]
     ids = [c for c, _ in picked]
-    rows = current.where(F.col(S.CUSTOMER_ID).isin(ids)).orderBy(S.CUSTOMER_ID, S.RANK).collect()
+    mine = current.where(F.col(S.CUSTOMER_ID).isin(ids))
+    rows = mine.orderBy(S.CUSTOMER_ID, F.col(S.LIST).desc(), S.RANK).collect()
     items: dict[str, list[D.Recommendation]] = {c: [] for c in ids}
     for r in rows:
         items[str(r[S.CUSTOMER_ID])].append(
             D.Recommendation(
+                str(r[S.LIST] or ""),
                 int(r[S.RANK]),
                 str(r[S.PRODUCT_ID]),
                 r[S.PRODUCT_NAME],

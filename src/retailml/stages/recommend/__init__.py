@@ -62,7 +62,7 @@ global ranking), skipping products already on the list and, on ``discover``, alr
 or for a fill row the share of recent buyers who bought the product.
 
 **Registry.** The final model — the two ``StringIndexer`` models, ``ALSModel`` fitted on all
-history, and both rankers refitted on the windows up to the evaluation window, in one
+history, and both rankers (as measured) in one
 ``PipelineModel`` — is logged and registered with its tuned half-life. The champion gate
 compares NDCG@k of the list ``exclude_purchased`` chooses (``discover`` against new products,
 or ``for_you`` against everything) with the champion's recorded ``eval_ndcg_at_k`` when the

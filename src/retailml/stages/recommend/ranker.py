@@ -7,9 +7,9 @@ by that probability. The standard two-stage design of large recommenders (Coving
 "Deep Neural Networks for YouTube Recommendations", RecSys 2016): cheap generators for recall,
 a learned model for the order.
 
-The ranker is trained on the window before the evaluation window (features at ``cutoff -
-window``, label: bought in ``[cutoff - window, cutoff)``), measured on the evaluation window
-like every generator, and refitted on the evaluation window for serving. Two rankers with the
+The ranker is trained on windows before the evaluation window (features at a window's start,
+label: bought in the window; see :mod:`.twostage`), measured on the evaluation window like
+every generator; the measured ranker is the one that serves. Two rankers with the
 same features: ``for_you`` over all candidates (rebuys allowed) and ``discover`` over the
 products the customer never bought (the repeat generator proposes none of those).
 """
@@ -137,9 +137,11 @@ def candidate_features(
             F.when(best > 0, F.col(score_column(g)) / best).otherwise(F.lit(0.0)),
         )
 
-    pair_facts = _pair_facts(days, end=end)
+    # The per-customer facts only for the candidates' customers; the products' shares from all.
+    theirs = days.join(candidates.select(S.CUSTOMER_ID).distinct(), S.CUSTOMER_ID, "left_semi")
+    pair_facts = _pair_facts(theirs, end=end)
     recent_start = end - timedelta(days=_RECENT_DAYS)
-    customer_facts = days.groupBy(S.CUSTOMER_ID).agg(
+    customer_facts = theirs.groupBy(S.CUSTOMER_ID).agg(
         F.countDistinct(S.PRODUCT_ID).alias(CUSTOMER_PRODUCTS),
         F.datediff(F.lit(end), F.max(S.EVENT_DATE)).alias(CUSTOMER_RECENCY),
         F.countDistinct(
@@ -166,7 +168,7 @@ def candidate_features(
             "full",
         )
     )
-    category_share = _category_share(days, categories)
+    category_share = _category_share(theirs, categories)
     out = (
         candidates.join(pair_facts, [S.CUSTOMER_ID, S.PRODUCT_ID], "left")
         .join(customer_facts, S.CUSTOMER_ID, "left")

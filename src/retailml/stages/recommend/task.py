@@ -364,7 +364,7 @@ def _final_model(
     blocks: int,
 ) -> tuple[PipelineModel, ModelInfo]:
     """The registered recommender: the indexers, ALS with the best grid point fitted on all
-    history, and both rankers (refitted on the evaluation window) in one ``PipelineModel``,
+    history, and both rankers (as measured) in one ``PipelineModel``,
     logged with every model's metrics."""
     started = time.monotonic()
     best = tuning.best

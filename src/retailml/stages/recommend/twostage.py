@@ -1,6 +1,6 @@
 r"""Training and measuring the two-stage recommender on time: the generators at a cutoff, the
 repeat half-life, the rankers fitted on the window before the evaluation window and measured on
-it, and the rankers refitted on the evaluation window for serving.
+it; the measured rankers are the ones that serve.
 
 Windows (``W = eval_days``; ``E`` the evaluation cutoff, ``as_of`` the day after the last event;
 ``n = ranker_windows``)::
@@ -94,7 +94,7 @@ class TwoStage:
         half_lives: NDCG@k (all products) of each half-life tried.
         metrics: ``(model, mode) → metrics`` of ``repeat``, ``item_knn``, ``for_you``,
             ``discover`` on the evaluation window.
-        rankers: The rankers refitted on the evaluation window, by list.
+        rankers: The rankers, by list (measured on the evaluation window; they serve).
         positives: Labelled purchases among the training candidates, by list.
         rows: Training rows, by list.
         candidate_recall: Share of the window's purchases among the evaluation candidates
@@ -124,8 +124,7 @@ def train_two_stage(
     keep: list[DataFrame],
 ) -> TwoStage:
     """Tune the repeat half-life, fit both rankers on the window before the evaluation window,
-    measure every generator and both rankers on the evaluation window, and refit the rankers
-    on the evaluation window for serving.
+    and measure every generator and both rankers on the evaluation window.
 
     Args:
         transactions: silver.transactions.
@@ -177,7 +176,8 @@ def train_two_stage(
         buys = _window_buyers(transactions, start=start, end=start + window)
         if data.sample < 1.0:
             buys = buys.where(customer_share(seed) < data.sample)
-        windows.append((at(start, _with_history(buys, transactions, start), half_life), buys))
+        who = _at_most(_with_history(buys, transactions, start), cfg.ranker_max_customers, seed)
+        windows.append((at(start, who, half_life), buys))
     if not windows:
         raise RetailmlError(
             f"no purchases before {eval_cutoff - window}: the ranker has no window before the "
@@ -203,12 +203,9 @@ def train_two_stage(
         lists[(name, ALL)] = rank_candidates(model, test_frame, k=k)
         lists[(name, NEW)] = rank_candidates(model, unbought, k=k)
         recall[name] = _recall(truth[ALL if name == FOR_YOU else NEW], test_frame)
-        # For serving: the same number of windows, moved on by one to end with the
-        # evaluation window (the freshest labelled one).
-        newest = [labelled(test_frame, truth[ALL])]
-        newest += [labelled(c.lists[name], buys) for c, buys in windows[:-1]]
-        serving = persist(_union(newest), keep)
-        rankers[name] = _fit(serving, _counts(serving)[1], cfg=cfg, seed=seed)
+        # The ranker measured is the one that serves (refitting it on the windows moved on by
+        # one took half of the recommend task's time at M).
+        rankers[name] = model
     metrics = measure(lists)
     metrics |= {
         (REPEAT, mode): by_half_life[(f"{REPEAT}@{half_life:g}", mode)] for mode in (ALL, NEW)
@@ -262,6 +259,14 @@ def _counts(training: DataFrame) -> tuple[int, int]:
     """Rows and positive labels of a training frame."""
     row = training.agg(F.count(F.lit(1)), F.sum(LABEL)).first()
     return (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+
+
+def _at_most(customers: DataFrame, limit: int, seed: int) -> DataFrame:
+    """About ``limit`` of ``customers`` (a fixed hash sample), or all when there are fewer."""
+    count = customers.count()
+    if count <= limit:
+        return customers
+    return customers.where(customer_share(seed) < limit / count)
 
 
 def _fit(
