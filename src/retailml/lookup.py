@@ -32,6 +32,8 @@ def customer_card(settings: Settings, spark: SparkSession, customer_id: str) -> 
         .orderBy(F.col(S.AS_OF_DATE).desc())
         .limit(1)
         .collect()
+        if lake.exists("gold.purchase_propensity")
+        else []
     )
     if scores:
         s = scores[0]

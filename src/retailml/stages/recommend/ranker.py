@@ -28,7 +28,14 @@ from pyspark.sql import functions as F
 
 from retailml import schemas as S
 from retailml.settings import RecommendSettings
-from retailml.stages.recommend.data import POSITION, Indexers, persist, popularity, purchased
+from retailml.stages.recommend.data import (
+    POSITION,
+    Indexers,
+    persist,
+    popularity,
+    purchased,
+    without_lineage,
+)
 from retailml.stages.recommend.generators import (
     ALS,
     GENERATORS,
@@ -382,8 +389,11 @@ def candidates_at(
         POPULAR: popular_candidates(who, popular, depth=2 * depth),
     }
 
+    # Computed now and kept without their lineage: the plans of everything read from them
+    # (the rankers' training unions, the measured lists) stay small; with the lineage, the
+    # plan string of one metrics pass ran a 1 GiB driver out of memory.
     def features(frame: DataFrame) -> DataFrame:
-        return persist(
+        return without_lineage(
             candidate_features(
                 frame,
                 days,
@@ -392,8 +402,7 @@ def candidates_at(
                 depth=depth,
                 popular=popular,
                 categories=categories,
-            ),
-            keep,
+            )
         )
 
     return Candidates(

@@ -202,7 +202,7 @@ def train_two_stage(
     rankers, rows, positives, recall = {}, {}, {}, {}
     for name in (FOR_YOU, DISCOVER):
         test_frame = test.lists[name]
-        training = persist(_union(labelled(c.lists[name], buys) for c, buys in windows), keep)
+        training = without_lineage(_union(labelled(c.lists[name], buys) for c, buys in windows))
         rows[name], positives[name] = _counts(training)
         model = _fit(training, positives[name], cfg=cfg, seed=seed)
         unbought = test_frame.join(prior, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti")
