@@ -83,7 +83,10 @@ QUALITY = {
         "held-out ROC-AUC of the champion challenger",
     ),
     "ndcg_at_k": Quality(
-        "retailml-recommendations", "recommend ", N.TUNED_NDCG, "NDCG@k of the tuned mode"
+        "retailml-recommendations",
+        "recommend ",
+        N.TUNED_NDCG,
+        "NDCG@k of the judged list (discover on new products by default)",
     ),
 }
 COLUMNS = (
@@ -679,7 +682,8 @@ def write_docs(rows: Sequence[dict[str, str]], path: Path) -> None:
         "later tasks). Total is the end-to-end time of the command, JVM start included. "
         "Model quality comes from the run's MLflow store: the held-out ROC-AUC of the "
         "challenger the train task picked (metric `challenger_holdout_roc_auc`) and the "
-        "NDCG@k of the mode the recommend task tuned on (`tuned_ndcg_at_k`). "
+        "NDCG@k of the list the recommend task's gate judged (`tuned_ndcg_at_k`; ALS alone "
+        "before the two-stage recommender). "
         "Run one benchmark at a time on a machine; the run folders can be deleted afterwards.",
         "",
         "| size | customers | products | days | source lines |",
