@@ -322,7 +322,8 @@ class Candidates:
     for_you: DataFrame
     discover: DataFrame
     generated: dict[str, DataFrame]  # generator → customer_id, product_id, score (for_you)
-    bought: DataFrame  # (customer_id, product_id) bought before the cutoff
+    bought: DataFrame  # (customer_id, product_id) the customers bought before the cutoff
+    popular: DataFrame  # the popularity ranking at the cutoff
 
     @property
     def lists(self) -> dict[str, DataFrame]:
@@ -411,4 +412,5 @@ def candidates_at(
         discover=features(top_candidates(unbought, depth=depth, exclude=bought)),
         generated=generated,
         bought=bought,
+        popular=popular,
     )

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from retailml import schemas as S
 from retailml.errors import RetailmlError
 from retailml.settings import RecommendSettings
-from retailml.stages.recommend.data import POSITION, Indexers, persist, popularity, purchased
+from retailml.stages.recommend.data import POSITION, Indexers, persist
 from retailml.stages.recommend.ranker import DISCOVER, FOR_YOU, candidates_at, rank_candidates
 
 # At most this many candidates beyond k per customer, to survive excluding bought products.
@@ -226,17 +226,15 @@ def serve(
         categories=categories,
         keep=keep,
     )
-    popular = persist(
-        popularity(transactions, end=as_of, days=cfg.popular_days, min_country_products=k), keep
-    )
-    bought = persist(purchased(transactions), keep)
     lists = []
+    # The generators' popularity ranking and bought pairs (everything before as_of) serve the
+    # fill too.
     for name, frame, exclude in (
         (FOR_YOU, found.for_you, None),
-        (DISCOVER, found.discover, bought),
+        (DISCOVER, found.discover, found.bought),
     ):
         best = persist(rank_candidates(rankers[name], frame, k=k), keep)
-        rows = recommend_customers(customers, popular, k=k, ranked=best, bought=exclude)
+        rows = recommend_customers(customers, found.popular, k=k, ranked=best, bought=exclude)
         lists.append(rows.withColumn(S.LIST, F.lit(name)))
     return lists[0].unionByName(lists[1])
 
