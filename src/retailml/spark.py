@@ -99,6 +99,12 @@ def spark_conf(settings: Settings) -> SparkConf:
     conf.set("spark.sql.session.timeZone", "UTC")
     conf.set("spark.ui.enabled", str(s.ui).lower())
     conf.set("spark.ui.showConsoleProgress", "false")
+    # The status store keeps every SQL execution's plan description (UI or not). The
+    # recommender's plans are deep (generators, windows, joins per cutoff): unbounded, their
+    # strings filled a 2 GiB test driver over one test session, and one ran a 1 GiB driver out
+    # of memory while being built. Bounded strings, and fewer kept executions, bound that.
+    conf.set("spark.sql.maxPlanStringLength", "65536")
+    conf.set("spark.sql.ui.retainedExecutions", "200")
     conf.set("spark.sql.warehouse.dir", f"{settings.path(settings.lake_root)}/_warehouse")
     log4j = resources.files("retailml") / "log4j2.properties"
     conf.set("spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile=file:{log4j}")
