@@ -335,7 +335,7 @@ class RecommendSettings(_Section):
         365, ge=1, description="Item-kNN: co-purchases in this many days before the cutoff."
     )
     knn_recent_products: int = Field(
-        50,
+        20,
         ge=2,
         description="Item-kNN: each customer's this many most recent products form the "
         "co-purchase pairs (bounds memory at customers × this²).",

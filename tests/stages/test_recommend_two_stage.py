@@ -142,15 +142,15 @@ def test_candidate_features_worked_by_hand(spark: SparkSession) -> None:
     categories = spark.createDataFrame(
         [("p1", "mugs"), ("p2", "mugs"), ("p3", None)], "product_id string, category string"
     )
-    features = ranker.candidate_features(
-        candidates,
+    facts = ranker.cutoff_facts(
         days,
+        candidates.select(S.CUSTOMER_ID).distinct(),
         end=END,
         window_days=30,
-        depth=20,
         popular=popular,
         categories=categories,
     )
+    features = ranker.candidate_features(candidates, facts, depth=20)
     assert features.columns == [S.CUSTOMER_ID, S.PRODUCT_ID, *ranker.FEATURES]
     got = {r.product_id: r for r in features.collect()}
     p1, p3 = got["p1"], got["p3"]

@@ -116,8 +116,10 @@ from retailml.stages.recommend.generators import (
 )
 from retailml.stages.recommend.ranker import (
     FEATURES,
+    CutoffFacts,
     candidate_features,
     candidates_at,
+    cutoff_facts,
     labelled,
     rank_candidates,
     ranker_estimator,
@@ -139,6 +141,7 @@ __all__ = [
     "MAX_EXTRA_CANDIDATES",
     "REQUIRED_COLUMNS",
     "TIE_MARGIN",
+    "CutoffFacts",
     "EvaluationSet",
     "GridPoint",
     "Indexers",
@@ -154,6 +157,7 @@ __all__ = [
     "candidate_features",
     "candidates_at",
     "check_transactions",
+    "cutoff_facts",
     "evaluation_set",
     "fit_indexers",
     "gold_rows",

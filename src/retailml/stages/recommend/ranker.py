@@ -105,57 +105,51 @@ FEATURES = (
 _RECENT_DAYS = 90
 
 
-def candidate_features(
-    candidates: DataFrame,
+@dataclass(frozen=True)
+class CutoffFacts:
+    """What the ranker's features know at a cutoff besides the generators' scores: per customer
+    and product, per customer, per product, per customer and category (see
+    :func:`cutoff_facts`). Computed once per cutoff and joined to both lists' candidates."""
+
+    pairs: DataFrame  # customer_id, product_id, purchase_days, mean_gap, days_since, due
+    customers: DataFrame  # customer_id, customer_products, customer_recency, …_recent_days
+    products: DataFrame  # product_id, recent_share, season_share, popularity_rank (small)
+    categories: DataFrame  # product_id, category
+    category_shares: DataFrame  # customer_id, category, category_share
+
+
+def cutoff_facts(
     days: DataFrame,
+    customers: DataFrame,
     *,
     end: date,
     window_days: int,
-    depth: int,
     popular: DataFrame,
     categories: DataFrame,
-) -> DataFrame:
-    """The ranker's features of each candidate, at the cutoff ``end``.
+    keep: list[DataFrame] | None = None,
+) -> CutoffFacts:
+    """The customers' and the products' facts at the cutoff ``end``.
 
     Args:
-        candidates: :func:`top_candidates`' output (generators missing from it get score 0
-            and rank ``depth + 1``).
-        days: :func:`purchase_days` before ``end`` (every customer's, not only the candidates').
+        days: :func:`purchase_days` before ``end`` (every customer's: the products' shares
+            count every buyer).
+        customers: ``customer_id`` of the customers whose candidates get features.
         window_days: The label window's length (the recent and seasonal shares use it too).
-        depth: Candidates per generator (the rank of a product a generator did not propose
-            is ``depth + 1``).
         popular: :func:`popularity` at ``end``.
         categories: ``product_id, category`` (null categories give a share of 0).
-
-    Returns:
-        ``customer_id, product_id``, the generators' ranks (as :func:`top_candidates` names
-        them) and every column of :data:`FEATURES`, without nulls.
+        keep: When given, the customer-sized facts are persisted into it (both lists read
+            them).
     """
-    for g in GENERATORS:
-        if score_column(g) not in candidates.columns:
-            candidates = candidates.withColumn(score_column(g), F.lit(0.0)).withColumn(
-                rank_column(g), F.lit(depth + 1)
-            )
-    per_customer = Window.partitionBy(S.CUSTOMER_ID)
-    for g in GENERATORS:
-        best = F.max(score_column(g)).over(per_customer)
-        candidates = candidates.withColumn(
-            relative_column(g),
-            F.when(best > 0, F.col(score_column(g)) / best).otherwise(F.lit(0.0)),
-        )
-
-    # The per-customer facts only for the candidates' customers; the products' shares from all.
-    theirs = days.join(candidates.select(S.CUSTOMER_ID).distinct(), S.CUSTOMER_ID, "left_semi")
-    pair_facts = _pair_facts(theirs, end=end)
+    theirs = days.join(customers.select(S.CUSTOMER_ID), S.CUSTOMER_ID, "left_semi")
     recent_start = end - timedelta(days=_RECENT_DAYS)
-    customer_facts = theirs.groupBy(S.CUSTOMER_ID).agg(
+    per_customer = theirs.groupBy(S.CUSTOMER_ID).agg(
         F.countDistinct(S.PRODUCT_ID).alias(CUSTOMER_PRODUCTS),
         F.datediff(F.lit(end), F.max(S.EVENT_DATE)).alias(CUSTOMER_RECENCY),
         F.countDistinct(
             F.when(F.col(S.EVENT_DATE) >= F.lit(recent_start), F.col(S.EVENT_DATE))
         ).alias(CUSTOMER_RECENT_DAYS),
     )
-    product_facts = (
+    per_product = (
         _buyer_share(days, start=end - timedelta(days=window_days), end=end, name=RECENT_SHARE)
         .join(
             _buyer_share(
@@ -175,13 +169,52 @@ def candidate_features(
             "full",
         )
     )
-    category_share = _category_share(theirs, categories)
+    facts = [_pair_facts(theirs, end=end), per_customer, per_product]
+    facts.append(_category_share(theirs, categories))
+    if keep is not None:
+        facts = [persist(df, keep) for df in facts]
+    pairs, per_customer, per_product, shares = facts
+    return CutoffFacts(
+        pairs=pairs,
+        customers=per_customer,
+        products=per_product,
+        categories=categories,
+        category_shares=shares,
+    )
+
+
+def candidate_features(candidates: DataFrame, facts: CutoffFacts, *, depth: int) -> DataFrame:
+    """The ranker's features of each candidate.
+
+    Args:
+        candidates: :func:`top_candidates`' output (generators missing from it get score 0
+            and rank ``depth + 1``).
+        facts: :func:`cutoff_facts` at the candidates' cutoff, for (at least) their customers.
+        depth: Candidates per generator (the rank of a product a generator did not propose
+            is ``depth + 1``).
+
+    Returns:
+        ``customer_id, product_id``, the generators' ranks (as :func:`top_candidates` names
+        them) and every column of :data:`FEATURES`, without nulls.
+    """
+    for g in GENERATORS:
+        if score_column(g) not in candidates.columns:
+            candidates = candidates.withColumn(score_column(g), F.lit(0.0)).withColumn(
+                rank_column(g), F.lit(depth + 1)
+            )
+    per_customer = Window.partitionBy(S.CUSTOMER_ID)
+    for g in GENERATORS:
+        best = F.max(score_column(g)).over(per_customer)
+        candidates = candidates.withColumn(
+            relative_column(g),
+            F.when(best > 0, F.col(score_column(g)) / best).otherwise(F.lit(0.0)),
+        )
     out = (
-        candidates.join(pair_facts, [S.CUSTOMER_ID, S.PRODUCT_ID], "left")
-        .join(customer_facts, S.CUSTOMER_ID, "left")
-        .join(F.broadcast(product_facts), S.PRODUCT_ID, "left")
-        .join(F.broadcast(categories), S.PRODUCT_ID, "left")
-        .join(category_share, [S.CUSTOMER_ID, S.CATEGORY], "left")
+        candidates.join(facts.pairs, [S.CUSTOMER_ID, S.PRODUCT_ID], "left")
+        .join(facts.customers, S.CUSTOMER_ID, "left")
+        .join(F.broadcast(facts.products), S.PRODUCT_ID, "left")
+        .join(F.broadcast(facts.categories), S.PRODUCT_ID, "left")
+        .join(facts.category_shares, [S.CUSTOMER_ID, S.CATEGORY], "left")
     )
     never = {PURCHASE_DAYS: 0, MEAN_GAP: 0.0, DAYS_SINCE: -1, DUE: 0.0}
     fill = {**never, CUSTOMER_PRODUCTS: 0, CUSTOMER_RECENCY: -1, CUSTOMER_RECENT_DAYS: 0}
@@ -285,22 +318,27 @@ def fallback_ranker() -> PipelineModel:
     )
 
 
-def rank_candidates(model: PipelineModel, features: DataFrame, *, k: int) -> DataFrame:
-    """The ``k`` most likely purchases per customer, ranked 1..k (product id on ties), with
-    the generator that proposed each (the one that ranked it highest; the order of
-    :data:`GENERATORS` on ties).
-
-    Returns:
-        ``customer_id, product_id, score, rank, source`` (``score``: the ranker's probability,
-        or the :func:`fallback_ranker`'s score).
-    """
+def score_candidates(model: PipelineModel, features: DataFrame) -> DataFrame:
+    """``features`` with the ranker's ``score``: its probability of a purchase, or the
+    :func:`fallback_ranker`'s score."""
     scored = model.transform(features)
     score = (
         vector_to_array(F.col("probability"))[1]
         if "probability" in scored.columns
         else F.col(FALLBACK_SCORE)
     )
-    scored = scored.withColumn(S.SCORE_VALUE, score)
+    keep = [S.CUSTOMER_ID, S.PRODUCT_ID, *(rank_column(g) for g in GENERATORS)]
+    return scored.select(*keep, score.alias(S.SCORE_VALUE))
+
+
+def top_scored(scored: DataFrame, *, k: int) -> DataFrame:
+    """The ``k`` best of :func:`score_candidates`' rows per customer, ranked 1..k (product id
+    on ties), with the generator that proposed each (the one that ranked it highest; the order
+    of :data:`GENERATORS` on ties).
+
+    Returns:
+        ``customer_id, product_id, score, rank, source``.
+    """
     order = Window.partitionBy(S.CUSTOMER_ID).orderBy(F.col(S.SCORE_VALUE).desc(), S.PRODUCT_ID)
     top = scored.withColumn(S.RANK, F.row_number().over(order)).where(F.col(S.RANK) <= k)
     best = F.least(*(F.col(rank_column(g)) for g in GENERATORS))
@@ -312,6 +350,16 @@ def rank_candidates(model: PipelineModel, features: DataFrame, *, k: int) -> Dat
         F.col(S.RANK).cast("int"),
         source.alias(S.SOURCE),
     )
+
+
+def rank_candidates(model: PipelineModel, features: DataFrame, *, k: int) -> DataFrame:
+    """The ``k`` most likely purchases per customer (:func:`score_candidates`, then
+    :func:`top_scored`).
+
+    Returns:
+        ``customer_id, product_id, score, rank, source``.
+    """
+    return top_scored(score_candidates(model, features), k=k)
 
 
 @dataclass(frozen=True)
@@ -341,6 +389,7 @@ def candidates_at(
     cfg: RecommendSettings,
     categories: DataFrame,
     keep: list[DataFrame],
+    popular: DataFrame | None = None,
 ) -> Candidates:
     """Every generator at the cutoff ``end`` for ``customers``, and both lists' candidates with
     the ranker's features (persisted into ``keep``).
@@ -351,6 +400,7 @@ def candidates_at(
         als_model: ALS fitted on the interactions before ``end``.
         half_life: The repeat generator's half-life (days).
         categories: ``product_id, category``.
+        popular: :func:`popularity` at ``end`` when the caller has it already.
     """
     before = transactions.where(F.col(S.EVENT_DATE) < F.lit(end))
     who = customers.select(S.CUSTOMER_ID)
@@ -367,9 +417,11 @@ def candidates_at(
         ),
         keep,
     )
-    popular = persist(
-        popularity(transactions, end=end, days=cfg.popular_days, min_country_products=cfg.k), keep
-    )
+    if popular is None:
+        popular = persist(
+            popularity(transactions, end=end, days=cfg.popular_days, min_country_products=cfg.k),
+            keep,
+        )
     mine = persist(repeats.join(who, S.CUSTOMER_ID, "left_semi"), keep)
     depth = cfg.candidates
     knn = persist(item_knn(mine, neighbours), keep)
@@ -390,21 +442,22 @@ def candidates_at(
         POPULAR: popular_candidates(who, popular, depth=2 * depth),
     }
 
+    # The facts once for both lists.
+    facts = cutoff_facts(
+        days,
+        who,
+        end=end,
+        window_days=cfg.eval_days,
+        popular=popular,
+        categories=categories,
+        keep=keep,
+    )
+
     # Computed now and kept without their lineage: the plans of everything read from them
     # (the rankers' training unions, the measured lists) stay small; with the lineage, the
     # plan string of one metrics pass ran a 1 GiB driver out of memory.
     def features(frame: DataFrame) -> DataFrame:
-        return without_lineage(
-            candidate_features(
-                frame,
-                days,
-                end=end,
-                window_days=cfg.eval_days,
-                depth=depth,
-                popular=popular,
-                categories=categories,
-            )
-        )
+        return without_lineage(candidate_features(frame, facts, depth=depth))
 
     return Candidates(
         cutoff=end,

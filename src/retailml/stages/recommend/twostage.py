@@ -56,8 +56,9 @@ from retailml.stages.recommend.ranker import (
     candidates_at,
     fallback_ranker,
     labelled,
-    rank_candidates,
     ranker_estimator,
+    score_candidates,
+    top_scored,
 )
 
 
@@ -145,14 +146,16 @@ def train_two_stage(
     ) -> dict[tuple[str, str], RankingMetrics]:
         return metrics_of(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
 
-    def at(end: date, who: DataFrame, half_life: float) -> Candidates:
+    def at(
+        end: date, who: DataFrame, half_life: float, popular: DataFrame | None = None
+    ) -> Candidates:
         als_model = fit_als_before(
             transactions, data.indexers, end=end, params=als_params, cfg=cfg, seed=seed,
             blocks=blocks, sample=data.sample,
         )  # fmt: skip
         return candidates_at(
             transactions, who, end=end, als_model=als_model, indexers=data.indexers,
-            half_life=half_life, cfg=cfg, categories=categories, keep=keep,
+            half_life=half_life, cfg=cfg, categories=categories, keep=keep, popular=popular,
         )  # fmt: skip
 
     # The half-life, on the evaluation window (cheap: no model).
@@ -189,7 +192,7 @@ def train_two_stage(
             f"no purchases before {eval_cutoff - window}: the ranker has no window before the "
             f"evaluation window to learn from; ingest more history or shorten recommend.eval_days"
         )
-    test = at(eval_cutoff, data.customers, half_life)
+    test = at(eval_cutoff, data.customers, half_life, data.popular)
 
     truth = {
         mode: data.relevant.where(F.col(MODE_COLUMN) == mode).select(S.CUSTOMER_ID, S.PRODUCT_ID)
@@ -205,9 +208,11 @@ def train_two_stage(
         training = without_lineage(_union(labelled(c.lists[name], buys) for c, buys in windows))
         rows[name], positives[name] = _counts(training)
         model = _fit(training, positives[name], cfg=cfg, seed=seed)
-        unbought = test_frame.join(prior, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti")
-        lists[(name, ALL)] = rank_candidates(model, test_frame, k=k)
-        lists[(name, NEW)] = rank_candidates(model, unbought, k=k)
+        # Scored once for both modes.
+        scored = persist(score_candidates(model, test_frame), keep)
+        unbought = scored.join(prior, [S.CUSTOMER_ID, S.PRODUCT_ID], "left_anti")
+        lists[(name, ALL)] = top_scored(scored, k=k)
+        lists[(name, NEW)] = top_scored(unbought, k=k)
         recall[name] = _recall(truth[ALL if name == FOR_YOU else NEW], test_frame)
         # The ranker measured is the one that serves (refitting it on the windows moved on by
         # one took half of the recommend task's time at M).
