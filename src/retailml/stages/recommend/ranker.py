@@ -1,7 +1,9 @@
 """The second stage: a learned ranker over the generators' candidates.
 
 Per customer, the union of every generator's top candidates (:func:`top_candidates`) gets
-features (:func:`candidate_features`), and a gradient-boosted classifier (xgboost.spark)
+features (:func:`candidate_features`: the generators' scores and ranks, joined with the
+customers' and products' facts at the cutoff, :func:`cutoff_facts`, computed once for both
+lists), and a gradient-boosted classifier (xgboost.spark)
 predicts whether the customer buys the product in the next window; the candidates are ranked
 by that probability. The standard two-stage design of large recommenders (Covington et al.,
 "Deep Neural Networks for YouTube Recommendations", RecSys 2016): cheap generators for recall,
