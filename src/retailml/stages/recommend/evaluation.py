@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import mlflow
 from pyspark import StorageLevel, inheritable_thread_target
+from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -194,10 +195,12 @@ def evaluation_set(
 
 @dataclass(frozen=True)
 class Tuning:
-    """The grid's outcome: every point, the best, and each model's metrics per mode."""
+    """The grid's outcome: every point, the best and its model (fitted on ``train``, before
+    the cutoff), and each model's metrics per mode."""
 
     grid: list[GridPoint]
     best: GridPoint
+    best_model: ALSModel
     metrics: dict[tuple[str, str], RankingMetrics]  # (model, mode) → metrics
     seconds: float
 
@@ -223,7 +226,7 @@ def tune(
             NEW: recommend_customers(data.customers, data.popular, k=k, bought=data.prior),
         }
         found = metrics_by_mode(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
-        return _Measured(found, 0.0, 0.0)
+        return _Measured(found, 0.0, 0.0, None)
 
     measure = functools.partial(
         _measure_point, data=data, k=k, max_iter=cfg.max_iter, seed=seed, blocks=blocks
@@ -237,11 +240,13 @@ def tune(
     baseline, measured = done[0].metrics, done[1:]
     grid = [_log_point(p, m, k=k) for p, m in zip(points, measured, strict=True)]
     # max keeps the first of equal points, so the choice is reproducible.
-    best = max(grid, key=lambda g: g.metrics[tuned_mode].ndcg_at_k)
+    at = max(range(len(grid)), key=lambda i: grid[i].metrics[tuned_mode].ndcg_at_k)
+    best, best_model = grid[at], measured[at].model
+    assert best_model is not None  # every grid point's job returns its model
     metrics = {(ALS_MODEL, mode): best.metrics[mode] for mode in MODES} | {
         (POPULAR_MODEL, mode): baseline[mode] for mode in MODES
     }
-    return Tuning(grid, best, metrics, time.monotonic() - started)
+    return Tuning(grid, best, best_model, metrics, time.monotonic() - started)
 
 
 def _with_mode(frames: dict[str, DataFrame]) -> DataFrame:
@@ -309,6 +314,7 @@ class _Measured:
     metrics: dict[str, RankingMetrics]  # by mode
     fit_seconds: float
     eval_seconds: float
+    model: ALSModel | None  # None for the popularity baseline
 
 
 def _measure_point(
@@ -339,7 +345,7 @@ def _measure_point(
         metrics = metrics_by_mode(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
     finally:
         candidates.unpersist()
-    return _Measured(metrics, fit_seconds, time.monotonic() - started - fit_seconds)
+    return _Measured(metrics, fit_seconds, time.monotonic() - started - fit_seconds, model)
 
 
 def in_parallel(

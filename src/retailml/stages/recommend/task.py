@@ -232,6 +232,7 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult | PopularOnl
                 inputs.transactions,
                 data,
                 als_params=tuning.best.params,
+                eval_als=tuning.best_model,
                 cfg=cfg,
                 seed=seed,
                 blocks=blocks,

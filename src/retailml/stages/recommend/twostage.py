@@ -9,8 +9,8 @@ Windows (``W = eval_days``; ``E`` the evaluation cutoff, ``as_of`` the day after
               \_________ the rankers' training windows ______/
 
 The generators are computed at each training window's start for the customers who bought in
-it (and before it), and at ``E`` for the evaluated customers; ALS is refitted at each cutoff
-with the tuned grid point. Windows are added, up to ``ranker_windows``, until the rankers have
+it (and before it), and at ``E`` for the evaluated customers; ALS is refitted at each
+window's start with the tuned grid point (at ``E`` the tuning's own model serves). Windows are added, up to ``ranker_windows``, until the rankers have
 ``ranker_max_customers`` customers to learn from (a fixed hash sample of the last window's when
 it has more): one month of a small shop is a small sample — on the default data the xgboost seed
 alone moved one window's NDCG@5 by ±0.005 — while at M one month has 40,000 customers and each
@@ -121,6 +121,7 @@ def train_two_stage(
     data: EvaluationSet,
     *,
     als_params: dict[str, float],
+    eval_als: ALSModel,
     cfg: RecommendSettings,
     seed: int,
     blocks: int,
@@ -133,7 +134,9 @@ def train_two_stage(
     Args:
         transactions: silver.transactions.
         data: The evaluation set (its customers, what they bought before, the window's truth).
-        als_params: The tuned ALS grid point (refitted before each cutoff).
+        als_params: The tuned ALS grid point (refitted before each training window).
+        eval_als: The tuned grid point's model, fitted before the evaluation cutoff (the
+            tuning's own: fitting it again would give the same factors).
         categories: ``product_id, category``.
         keep: Persisted frames are added to it; the caller unpersists them.
     """
@@ -147,12 +150,17 @@ def train_two_stage(
         return metrics_of(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
 
     def at(
-        end: date, who: DataFrame, half_life: float, popular: DataFrame | None = None
+        end: date,
+        who: DataFrame,
+        half_life: float,
+        popular: DataFrame | None = None,
+        als_model: ALSModel | None = None,
     ) -> Candidates:
-        als_model = fit_als_before(
-            transactions, data.indexers, end=end, params=als_params, cfg=cfg, seed=seed,
-            blocks=blocks, sample=data.sample,
-        )  # fmt: skip
+        if als_model is None:
+            als_model = fit_als_before(
+                transactions, data.indexers, end=end, params=als_params, cfg=cfg, seed=seed,
+                blocks=blocks, sample=data.sample,
+            )  # fmt: skip
         return candidates_at(
             transactions, who, end=end, als_model=als_model, indexers=data.indexers,
             half_life=half_life, cfg=cfg, categories=categories, keep=keep, popular=popular,
@@ -192,7 +200,7 @@ def train_two_stage(
             f"no purchases before {eval_cutoff - window}: the ranker has no window before the "
             f"evaluation window to learn from; ingest more history or shorten recommend.eval_days"
         )
-    test = at(eval_cutoff, data.customers, half_life, data.popular)
+    test = at(eval_cutoff, data.customers, half_life, data.popular, eval_als)
 
     truth = {
         mode: data.relevant.where(F.col(MODE_COLUMN) == mode).select(S.CUSTOMER_ID, S.PRODUCT_ID)
