@@ -226,7 +226,7 @@ def top_candidates(
     union = ranked[0]
     for frame in ranked[1:]:
         union = union.join(frame, [S.CUSTOMER_ID, S.PRODUCT_ID], "full")
-    fill: dict[str, float | int] = {}
+    fill: dict[str, bool | float | int | str] = {}
     for name in generated:
         fill[score_column(name)] = 0.0
         fill[rank_column(name)] = depth + 1

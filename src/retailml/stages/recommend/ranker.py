@@ -25,7 +25,7 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import SQLTransformer, VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.recommendation import ALSModel
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from retailml import schemas as S
@@ -218,12 +218,18 @@ def candidate_features(candidates: DataFrame, facts: CutoffFacts, *, depth: int)
         .join(F.broadcast(facts.categories), S.PRODUCT_ID, "left")
         .join(facts.category_shares, [S.CUSTOMER_ID, S.CATEGORY], "left")
     )
-    never = {PURCHASE_DAYS: 0, MEAN_GAP: 0.0, DAYS_SINCE: -1, DUE: 0.0}
+    never: dict[str, bool | float | int | str] = {
+        PURCHASE_DAYS: 0,
+        MEAN_GAP: 0.0,
+        DAYS_SINCE: -1,
+        DUE: 0.0,
+    }
     fill = {**never, CUSTOMER_PRODUCTS: 0, CUSTOMER_RECENCY: -1, CUSTOMER_RECENT_DAYS: 0}
     fill |= {RECENT_SHARE: 0.0, SEASON_SHARE: 0.0, CATEGORY_SHARE: 0.0}
     # A product nobody bought before the cutoff ranks after every product in the ranking.
     fill |= {POPULARITY_RANK: 1_000_000}
-    columns = [S.CUSTOMER_ID, S.PRODUCT_ID, *(F.col(c).cast("double").alias(c) for c in FEATURES)]
+    columns: list[str | Column] = [S.CUSTOMER_ID, S.PRODUCT_ID]
+    columns += [F.col(c).cast("double").alias(c) for c in FEATURES]
     return out.fillna(fill).select(*columns)
 
 

@@ -4,6 +4,7 @@ the popularity fill — and the ``gold.recommendations`` rows."""
 from __future__ import annotations
 
 from datetime import date
+from typing import cast
 
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import StringIndexerModel
@@ -258,7 +259,9 @@ def unpack(model: PipelineModel) -> tuple[Indexers, ALSModel, dict[str, Pipeline
             "the registered recommender is not StringIndexer, StringIndexer, ALS, for_you "
             f"ranker, discover ranker ({found})"
         )
-    return Indexers(stages[0], stages[1]), stages[2], {FOR_YOU: stages[3], DISCOVER: stages[4]}
+    indexers = Indexers(cast(StringIndexerModel, stages[0]), cast(StringIndexerModel, stages[1]))
+    rankers = {FOR_YOU: cast(PipelineModel, stages[3]), DISCOVER: cast(PipelineModel, stages[4])}
+    return indexers, cast(ALSModel, stages[2]), rankers
 
 
 def pack(

@@ -10,11 +10,12 @@ Windows (``W = eval_days``; ``E`` the evaluation cutoff, ``as_of`` the day after
 
 The generators are computed at each training window's start for the customers who bought in
 it (and before it), and at ``E`` for the evaluated customers; ALS is refitted at each
-window's start with the tuned grid point (at ``E`` the tuning's own model serves). Windows are added, up to ``ranker_windows``, until the rankers have
-``ranker_max_customers`` customers to learn from (a fixed hash sample of the last window's when
-it has more): one month of a small shop is a small sample — on the default data the xgboost seed
-alone moved one window's NDCG@5 by ±0.005 — while at M one month has 40,000 customers and each
-window costs a cutoff's generators and features (about 150 s there).
+window's start with the tuned grid point (at ``E`` the tuning's own model serves). Windows are
+added, up to ``ranker_windows``, until the rankers have ``ranker_max_customers`` customers to
+learn from (a fixed hash sample of the last window's when it has more): one month of a small
+shop is a small sample — on the default data the xgboost seed alone moved one window's NDCG@5
+by ±0.005 — while at M one month has 40,000 customers and each window costs a cutoff's
+generators and features (about 100 s there).
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def train_two_stage(
     # The half-life, on the evaluation window (cheap: no model).
     days = persist(purchase_days(transactions, end=eval_cutoff), keep)
     mine = days.join(data.customers.select(S.CUSTOMER_ID), S.CUSTOMER_ID, "left_semi")
-    lists = {}
+    lists: dict[tuple[str, str], DataFrame] = {}
     for h in cfg.repeat_half_lives:
         scores = repeat(mine, end=eval_cutoff, half_life=h)
         lists |= {
@@ -181,7 +182,8 @@ def train_two_stage(
     )
 
     # The rankers learn from the windows before the evaluation window.
-    first = known_purchases(transactions).agg(F.min(S.EVENT_DATE)).first()[0]
+    earliest = known_purchases(transactions).agg(F.min(S.EVENT_DATE)).first()
+    first = earliest[0] if earliest else None
     windows, learners = [], 0
     for n in range(1, cfg.ranker_windows + 1):
         start = eval_cutoff - n * window
