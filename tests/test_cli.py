@@ -82,6 +82,14 @@ def test_tables_lists_every_table(in_tmp: Path, spark: SparkSession) -> None:
     ):
         assert name in result.output
     assert "not written yet" in result.output
+    # A table's history: one line naming the task that writes it, or the known tables.
+    result = CliRunner().invoke(cli, ["tables", "--history", "gold.top_buyers"])
+    assert result.exit_code == 1
+    assert "table gold.top_buyers does not exist yet" in result.output
+    assert "run `retailml task score` first" in result.output
+    result = CliRunner().invoke(cli, ["tables", "--history", "gold.nope"])
+    assert result.exit_code == 2
+    assert "'gold.nope' is not a table; the tables: bronze.transactions" in result.output
 
 
 def test_debug_shows_the_traceback(in_tmp: Path, spark: SparkSession) -> None:
@@ -183,6 +191,13 @@ def test_run_end_to_end_on_generated_data(
     assert "champion kept" in again.output
     listing = CliRunner().invoke(cli, ["tables"])
     assert f"{counts['silver.transactions']:,}" in listing.output
+    # Each run wrote silver.transactions once: its history, newest first, with the rows written.
+    history = CliRunner().invoke(cli, ["tables", "--history", "silver.transactions"])
+    assert history.exit_code == 0, history.output
+    commits = [ln.split() for ln in history.output.splitlines()[2:]]
+    assert [c[0] for c in commits] == ["1", "0"], history.output
+    assert all(c[3] == "WRITE" for c in commits), history.output
+    assert f"numOutputRows={counts['silver.transactions']}" in history.output
 
 
 def test_a_second_run_on_the_same_lake_is_refused(in_tmp: Path) -> None:

@@ -318,15 +318,30 @@ def _check_outcome(outcome: Any) -> None:
 
 
 @cli.command()
+@click.option(
+    "--history",
+    "history_of",
+    metavar="TABLE",
+    help="Show one table's Delta history instead (e.g. silver.transactions).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @pass_state
-def tables(state: _State) -> None:
-    """List the tables: location, Delta version and row count."""
+def tables(state: _State, history_of: str | None, limit: int) -> None:
+    """List the tables: location, Delta version and row count; or one table's history."""
     from retailml.lakehouse import TABLES, Lakehouse
     from retailml.spark import session
 
+    if history_of is not None and history_of not in TABLES:
+        raise click.BadParameter(
+            f"{history_of!r} is not a table; the tables: {', '.join(TABLES)}",
+            param_hint="--history",
+        )
     settings = state.settings()
     with session(settings) as spark:
         lake = Lakehouse(settings, spark)
+        if history_of is not None:
+            echo_table(_history_rows(lake, history_of, limit), click.echo)
+            return
         rows = [("table", "version", "rows", "location")]
         for name in TABLES:
             if lake.exists(name):
@@ -341,6 +356,43 @@ def tables(state: _State) -> None:
             else:
                 rows.append((name, "-", "-", "not written yet"))
         echo_table(rows, click.echo)
+
+
+# The operation metrics worth a column: rows and files written, removed and kept.
+_HISTORY_METRICS = (
+    "numOutputRows",
+    "numTargetRowsInserted",
+    "numTargetRowsUpdated",
+    "numTargetRowsDeleted",
+    "numDeletedRows",
+    "numAddedFiles",
+    "numRemovedFiles",
+    "numFilesAdded",
+    "numFilesRemoved",
+    "numDeletedFiles",
+)
+
+
+def _history_rows(lake: Any, name: str, limit: int) -> list[tuple[str, ...]]:
+    """``retailml tables --history``: a row per commit, newest first."""
+    rows: list[tuple[str, ...]] = [
+        ("version", "timestamp (UTC)", "operation", "parameters", "metrics")
+    ]
+    for entry in lake.history(name, limit):
+        params = ", ".join(f"{k}={v}" for k, v in sorted(entry.parameters.items()) if v != "[]")
+        metrics = ", ".join(
+            f"{k}={entry.metrics[k]}" for k in _HISTORY_METRICS if k in entry.metrics
+        )
+        rows.append(
+            (
+                str(entry.version),
+                entry.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
+                entry.operation,
+                params[:80],
+                metrics,
+            )
+        )
+    return rows
 
 
 @cli.command()

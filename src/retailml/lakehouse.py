@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -87,7 +88,8 @@ TABLES: dict[str, TableSpec] = {
             "gold.recommendations",
             S.RECOMMENDATIONS,
             "recommend",
-            "top-k products per customer (ALS, or the popularity fallback) per as-of date",
+            "both lists (for_you, discover) of k products per customer and as-of date, from "
+            "the two-stage recommender, filled from popularity",
         ),
         TableSpec(
             "ops.workflow_runs",
@@ -103,6 +105,17 @@ TABLES: dict[str, TableSpec] = {
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One commit of a Delta table: its version, when, the operation and what it did."""
+
+    version: int
+    timestamp: datetime
+    operation: str  # WRITE, MERGE, OPTIMIZE, VACUUM START, …
+    parameters: dict[str, str]  # e.g. mode, predicate
+    metrics: dict[str, str]  # e.g. numOutputRows, numFiles (Delta's names, as text)
 
 
 class Lakehouse:
@@ -166,6 +179,31 @@ class Lakehouse:
             return None
         row = self._delta(name).history(1).select("version").first()
         return int(row["version"]) if row else None
+
+    def history(self, name: str, limit: int | None = None) -> list[HistoryEntry]:
+        """The table's Delta history, newest first (``DESCRIBE HISTORY``; see Delta Lake's
+        "Table utility commands" documentation).
+
+        Raises:
+            TableNotFoundError: The table has not been written yet.
+        """
+        self.read(name)  # the one-line error naming the task that writes it
+        rows = (
+            self._delta(name)
+            .history(limit)
+            .select("version", "timestamp", "operation", "operationParameters", "operationMetrics")
+            .collect()
+        )
+        return [
+            HistoryEntry(
+                version=int(r["version"]),
+                timestamp=r["timestamp"],
+                operation=str(r["operation"]),
+                parameters=dict(r["operationParameters"] or {}),
+                metrics=dict(r["operationMetrics"] or {}),
+            )
+            for r in rows
+        ]
 
     def overwrite(self, name: str, df: DataFrame) -> None:
         """Replace the whole table with ``df`` in one atomic commit (its schema too, so a table
