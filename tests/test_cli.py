@@ -20,6 +20,7 @@ COMMANDS = [
     ["bundle"],
     ["tables"],
     ["customer"],
+    ["maintain"],
     ["fetch-jars"],
 ]
 

@@ -396,6 +396,40 @@ def _history_rows(lake: Any, name: str, limit: int) -> list[tuple[str, ...]]:
 
 
 @cli.command()
+@click.option(
+    "--table",
+    "names",
+    multiple=True,
+    metavar="TABLE",
+    help="Only this table (repeatable; default: every table written so far).",
+)
+@pass_state
+def maintain(state: _State, names: tuple[str, ...]) -> None:
+    """Delta table care: OPTIMIZE (compact, or Z-order per maintain.zorder_by), then VACUUM
+    (files older than maintain.vacuum_retention_hours that no version needs)."""
+    from retailml.maintain import maintain as run_maintenance
+    from retailml.spark import session
+
+    settings = state.settings()
+    with session(settings) as spark:
+        done = run_maintenance(settings, spark, names)
+    rows = [("table", "files before", "files after", "z-order by", "seconds")]
+    for m in done:
+        rows.append(
+            (
+                m.table,
+                str(m.files_before),
+                str(m.files_after),
+                ", ".join(m.zorder_by) or "-",
+                f"{m.seconds:.1f}",
+            )
+        )
+    echo_table(rows, click.echo)
+    hours = settings.maintain.vacuum_retention_hours
+    click.echo(f"vacuumed: files older than {hours} h that no version needs are deleted")
+
+
+@cli.command()
 @click.argument("customer_id")
 @pass_state
 def customer(state: _State, customer_id: str) -> None:

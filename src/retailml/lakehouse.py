@@ -205,6 +205,41 @@ class Lakehouse:
             for r in rows
         ]
 
+    def files(self, name: str) -> int:
+        """Data files in the table's current version."""
+        row = self.spark.sql(f"DESCRIBE DETAIL {self._sql_name(name)}").select("numFiles").first()
+        return int(row["numFiles"]) if row else 0
+
+    def optimize(self, name: str, zorder_by: Sequence[str] = ()) -> None:
+        """Compact the table's small files (Delta's OPTIMIZE), clustering by ``zorder_by``
+        (Z-order) when given. Readers see the same rows; the old files stay until VACUUM."""
+        optimizer = self._delta(name).optimize()
+        if zorder_by:
+            optimizer.executeZOrderBy(*zorder_by)
+        else:
+            optimizer.executeCompaction()
+
+    def vacuum(self, name: str, retention_hours: int) -> None:
+        """Delete the files no version younger than ``retention_hours`` needs (Delta's VACUUM).
+
+        Below Delta's safety default (168 hours) its check is lifted for this call only: a
+        reader of a version older than that (time travel, a long query) may then fail.
+        """
+        check = "spark.databricks.delta.retentionDurationCheck.enabled"
+        if retention_hours >= 168:
+            self._delta(name).vacuum(float(retention_hours))
+            return
+        before = self.spark.conf.get(check, "true") or "true"
+        self.spark.conf.set(check, "false")
+        try:
+            self._delta(name).vacuum(float(retention_hours))
+        finally:
+            self.spark.conf.set(check, before)
+
+    def _sql_name(self, name: str) -> str:
+        location = self.location(name)
+        return location if self._by_name else f"delta.`{location}`"
+
     def overwrite(self, name: str, df: DataFrame) -> None:
         """Replace the whole table with ``df`` in one atomic commit (its schema too, so a table
         written by an earlier version of the schema is replaced, not refused)."""

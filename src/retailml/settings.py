@@ -385,6 +385,22 @@ class ReportSettings(_Section):
     experiment: str = Field("retailml-workflow", description="MLflow experiment of the reports.")
 
 
+class MaintainSettings(_Section):
+    """``retailml maintain``: Delta table care (OPTIMIZE, then VACUUM)."""
+
+    vacuum_retention_hours: int = Field(
+        168,
+        ge=0,
+        description="VACUUM deletes files no version younger than this needs (Delta's default "
+        "is 7 days; shorter breaks time travel and readers of older versions beyond it).",
+    )
+    zorder_by: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Table → columns OPTIMIZE clusters by (Z-order), e.g. "
+        '{"silver.transactions": ["customer_id"]}; other tables are compacted only.',
+    )
+
+
 class Settings(_Section):
     """Everything a task needs to know; see the module docstring for where values come from."""
 
@@ -406,6 +422,7 @@ class Settings(_Section):
     recommend: RecommendSettings = Field(default_factory=lambda: RecommendSettings())
     workflow: WorkflowSettings = Field(default_factory=lambda: WorkflowSettings())
     report: ReportSettings = Field(default_factory=lambda: ReportSettings())
+    maintain: MaintainSettings = Field(default_factory=lambda: MaintainSettings())
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
