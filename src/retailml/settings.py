@@ -368,6 +368,11 @@ class WorkflowSettings(_Section):
     )
     schedule_timezone: str = "UTC"
     schedule_paused: bool = Field(True, description="Export the schedule paused.")
+    maintenance_cron: str = Field(
+        "0 0 3 ? * SUN",
+        description="Quartz cron of the Databricks maintenance job (`retailml maintain`; weekly, "
+        "Sunday 03:00, same time zone and pause state as the workflow's).",
+    )
     job_catalog: str = Field("main", description="Default of the Databricks job's catalog.")
     job_schema: str = Field("retailml", description="Default of the Databricks job's schema.")
     databricks_spark_version: str = Field(

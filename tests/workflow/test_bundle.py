@@ -321,6 +321,8 @@ def test_write_bundle_writes_parseable_yaml(tmp_path: Path) -> None:
     assert targets["prod"]["mode"] == "production"
     assert "host" not in yaml.safe_dump(databricks_yml)  # the CLI profile provides it
 
+    assert list(job_yml["resources"]["jobs"]) == ["retailml", "retailml_maintenance"]
+    assert job_yml["resources"]["jobs"]["retailml_maintenance"] == bundle.maintenance_job(settings)
     job = job_yml["resources"]["jobs"]["retailml"]
     assert job == job_resource(settings)
     validate_job(job)
@@ -355,3 +357,35 @@ def test_a_bad_export_is_never_written(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(ValueError, match=r"new_cluster\.num_worker: unknown field"):
         write_bundle(make(tmp_path), out)
     assert not out.exists()
+
+
+# --- the weekly maintenance job ------------------------------------------------------------------
+
+
+def test_the_maintenance_job_runs_retailml_maintain_weekly_on_the_job_catalog(
+    tmp_path: Path,
+) -> None:
+    settings = make(tmp_path, **{"workflow.schedule_timezone": "Europe/Berlin"})
+    job = bundle.maintenance_job(settings)
+    validate_job(job)
+    assert job["schedule"] == {
+        "quartz_cron_expression": "0 0 3 ? * SUN",
+        "timezone_id": "Europe/Berlin",
+        "pause_status": "PAUSED",
+    }
+    assert job["max_concurrent_runs"] == 1 and job["queue"] == {"enabled": True}
+    (task,) = job["tasks"]
+    assert task["job_cluster_key"] == job["job_clusters"][0]["job_cluster_key"]
+    assert task["libraries"] == job_resource(settings)["tasks"][0]["libraries"]
+    # Every reference is one of its parameters, and the command parses with the real CLI.
+    defined = {f"job.parameters.{p['name']}" for p in job["parameters"]}
+    assert set(REF.findall(yaml.safe_dump(job))) == defined
+    args = substitute(
+        task["python_wheel_task"]["parameters"], {"catalog": "prod", "schema": "sales"}, "7"
+    )
+    assert args[-1] == "maintain"
+    group = cli.make_context("retailml", args)
+    overrides = group.params["overrides"]
+    assert overrides == {"catalog": "prod", "schema": "sales"}
+    loaded = load_settings(environ={}, project_dir=tmp_path, overrides=overrides)
+    assert (loaded.catalog, loaded.db_schema) == ("prod", "sales")

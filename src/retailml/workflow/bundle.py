@@ -7,7 +7,9 @@
   this project's wheel into the bundle's ``dist/`` folder on every deploy.
 - ``resources/retailml.job.yml``: the job. Its tasks are the tasks of ``job.yml`` with the same
   keys, dependencies, retries and timeouts; each runs ``retailml task NAME --run-id
-  {{job.run_id}}`` from the wheel (``python_wheel_task``) on one shared job cluster.
+  {{job.run_id}}`` from the wheel (``python_wheel_task``) on one shared job cluster. Beside it,
+  a weekly maintenance job runs ``retailml maintain`` (OPTIMIZE and VACUUM) on the same
+  catalog and schema.
 
 What differs on Databricks is passed as ``--set`` options before the subcommand, filled in from
 job parameters when a run starts (dynamic value references): tables go to the Unity Catalog
@@ -42,6 +44,7 @@ from retailml.workflow.dag import JOB_FILE, job_spec, parse
 
 BUNDLE_NAME = "retailml"
 JOB_KEY = "retailml"  # the job's key under resources.jobs (`databricks bundle run retailml`)
+MAINTENANCE_KEY = "retailml_maintenance"  # the weekly `retailml maintain` job
 CLUSTER_KEY = "retailml"
 PACKAGE_NAME = "retailml"  # the distribution in pyproject.toml
 ENTRY_POINT = "retailml"  # [project.scripts] retailml = "retailml.cli:main"
@@ -211,6 +214,51 @@ def job_resource(settings: Settings, spec: Mapping[str, Any] | None = None) -> d
     }
 
 
+def maintenance_job(settings: Settings) -> dict[str, Any]:
+    """The weekly Delta table care job: one task, ``retailml maintain`` on the workflow's
+    catalog and schema (job parameters, as in :func:`job_resource`), on its own cluster of the
+    same shape, at ``workflow.maintenance_cron`` (time zone and pause state as the workflow's).
+    It queues behind a running workflow rather than racing its writes."""
+    wf = settings.workflow
+    names = ("catalog", "schema")
+    args: list[str] = []
+    for name in names:
+        args += ["--set", f"{name}={_ref(name)}"]
+    depth = len(PurePosixPath(JOB_RESOURCE_FILE).parent.parts)
+    defaults = job_parameters(settings)
+    return {
+        "name": f"{BUNDLE_NAME} maintenance",
+        "description": "Delta table care for the retailml tables: OPTIMIZE, then VACUUM "
+        "(`retailml maintain`, exported by `retailml bundle`).",
+        "max_concurrent_runs": 1,
+        "queue": {"enabled": True},
+        "schedule": {
+            "quartz_cron_expression": wf.maintenance_cron,
+            "timezone_id": wf.schedule_timezone,
+            "pause_status": "PAUSED" if wf.schedule_paused else "UNPAUSED",
+        },
+        "parameters": [{"name": name, "default": defaults[name]} for name in names],
+        "job_clusters": [{"job_cluster_key": CLUSTER_KEY, "new_cluster": _job_cluster(settings)}],
+        "tasks": [
+            {
+                "task_key": "maintain",
+                "description": "OPTIMIZE and VACUUM every retailml table.",
+                "max_retries": 1,
+                "min_retry_interval_millis": 10000,
+                "retry_on_timeout": False,
+                "timeout_seconds": 7200,
+                "job_cluster_key": CLUSTER_KEY,
+                "python_wheel_task": {
+                    "package_name": PACKAGE_NAME,
+                    "entry_point": ENTRY_POINT,
+                    "parameters": [*args, "maintain"],
+                },
+                "libraries": [{"whl": "../" * depth + f"{WHEEL_DIR}/*.whl"}],
+            }
+        ],
+    }
+
+
 def bundle_files(settings: Settings, *, project_dir: Path, out: Path) -> dict[str, dict[str, Any]]:
     """The bundle's files: path relative to ``out`` → YAML content.
 
@@ -260,7 +308,8 @@ def bundle_files(settings: Settings, *, project_dir: Path, out: Path) -> dict[st
             },
         },
     }
-    job_yml = {"resources": {"jobs": {JOB_KEY: job_resource(settings)}}}
+    jobs = {JOB_KEY: job_resource(settings), MAINTENANCE_KEY: maintenance_job(settings)}
+    job_yml = {"resources": {"jobs": jobs}}
     return {BUNDLE_FILE: databricks_yml, JOB_RESOURCE_FILE: job_yml}
 
 
