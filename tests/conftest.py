@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
@@ -41,3 +43,17 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
+
+
+def assert_delta_inputs(run: Any, lake: Any, tables: list[str]) -> None:
+    """The MLflow run logged each table, as it is now, as a Delta input dataset for training
+    (its path and version)."""
+    found = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert sorted(found) == sorted(tables)
+    for name in tables:
+        entry = found[name]
+        assert entry.dataset.source_type == "delta_table"
+        source = json.loads(entry.dataset.source)
+        assert source["path"] == lake.location(name)
+        assert str(source["delta_table_version"]) == str(lake.version(name))
+        assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "training"

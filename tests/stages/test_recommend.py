@@ -21,7 +21,7 @@ from retailml.ml import registry, tracking
 from retailml.ml.sample import customer_share
 from retailml.settings import Settings
 from retailml.stages import clean, recommend
-from tests.conftest import make_settings
+from tests.conftest import assert_delta_inputs, make_settings
 
 # (invoice, customer (None = guest), product, quantity, day, event_type, country)
 Row = tuple[str, str | None, str, int, str, str, str | None]
@@ -481,6 +481,11 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     assert champion.tags["recommender_kind"] == "two_stage"
     assert float(champion.tags["param_repeat_half_life"]) == two.half_life
     parent = client.get_run(first.parent_run_id)
+    assert_delta_inputs(
+        parent,
+        Lakehouse(settings, spark),
+        ["silver.transactions", "silver.customers", "silver.products"],
+    )
     for metric in (
         "for_you_all_ndcg_at_k",
         "discover_new_ndcg_at_k",

@@ -16,7 +16,7 @@ from retailml.ml.propensity import with_customer_folds
 from retailml.ml.sample import customer_share
 from retailml.stages import train
 from retailml.workflow import run_task
-from tests.conftest import make_settings
+from tests.conftest import assert_delta_inputs, make_settings
 
 
 def test_customer_validation_split_validates_on_fold_zero(spark: SparkSession) -> None:
@@ -113,6 +113,9 @@ def test_train_end_to_end_logs_to_mlflow_and_gates(tmp_path: Path, spark: SparkS
     parent = client.get_run(first.parent_run_id)
     assert parent.data.tags["gate_decision"] == "promoted"
     assert parent.data.tags["data.silver_transactions_version"] == "0"
+    assert_delta_inputs(
+        parent, Lakehouse(settings, spark), ["silver.customer_features", "silver.transactions"]
+    )
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{first.parent_run_id}' and attributes.run_name != ''",

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from retailml.settings import Settings
+
+if TYPE_CHECKING:
+    from retailml.lakehouse import Lakehouse
 
 
 def configure(settings: Settings) -> MlflowClient:
@@ -41,3 +46,26 @@ def experiment(settings: Settings, name: str) -> str:
         root = Path(settings.path("mlflow")).joinpath("artifacts").as_uri()
     location = f"{root.rstrip('/')}/{name}" if root else None
     return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def log_table_inputs(lake: Lakehouse, names: list[str], *, context: str) -> None:
+    """Log each table, as read now, as an input dataset of the active run
+    (``mlflow.log_input``): a Delta source with its path or catalog name and version, so the
+    run's page says which data it learned from and ``mlflow.data`` can load that version again.
+
+    Args:
+        names: Logical table names (``silver.transactions``); the dataset takes that name.
+        context: The inputs' role, e.g. ``training``.
+    """
+    from mlflow.data.spark_dataset import from_spark
+
+    by_name = bool(lake.settings.catalog)
+    for name in names:
+        location, version = lake.location(name), lake.version(name)
+        where = {"table_name": location} if by_name else {"path": location}
+        with warnings.catch_warnings():
+            # The schema MLflow infers (when logging) warns that integer columns cannot hold missing values:
+            # a hint for model signatures, not for a logged input.
+            warnings.filterwarnings("ignore", category=UserWarning, module="mlflow.types")
+            dataset = from_spark(lake.read(name), version=str(version), name=name, **where)
+            mlflow.log_input(dataset, context=context)

@@ -450,6 +450,9 @@ def run(settings: Settings, spark: SparkSession) -> TrainResult:
                     "seed": settings.seed,
                 }
             )
+            tracking.log_table_inputs(
+                lake, ["silver.customer_features", "silver.transactions"], context="training"
+            )
             results = [
                 train_family(
                     f,

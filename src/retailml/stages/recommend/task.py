@@ -227,6 +227,11 @@ def run(settings: Settings, spark: SparkSession) -> RecommendResult | PopularOnl
         tags = _data_tags(lake, inputs, data)
         with mlflow.start_run(run_name=f"recommend {inputs.as_of}", tags=tags) as parent:
             _log_params(cfg, data, seed=seed, tuned_mode=tuned_mode)
+            tracking.log_table_inputs(
+                lake,
+                ["silver.transactions", "silver.customers", "silver.products"],
+                context="training",
+            )
             tuning = tune(data, spark, cfg=cfg, tuned_mode=tuned_mode, seed=seed, blocks=blocks)
             two = train_two_stage(
                 inputs.transactions,
