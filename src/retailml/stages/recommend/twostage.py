@@ -137,7 +137,8 @@ def train_two_stage(
         data: The evaluation set (its customers, what they bought before, the window's truth).
         als_params: The tuned ALS grid point (refitted before each training window).
         eval_als: The tuned grid point's model, fitted before the evaluation cutoff (the
-            tuning's own: fitting it again would give the same factors).
+            tuning's own, on the same rows a refit would read: the ALS figures reported are
+            this model's).
         categories: ``product_id, category``.
         keep: Persisted frames are added to it; the caller unpersists them.
     """
