@@ -212,6 +212,17 @@ def test_a_second_run_on_the_same_lake_is_refused(in_tmp: Path) -> None:
     assert line.startswith("Error: another retailml run is writing to this lake (run busy-run, ")
 
 
+def test_maintain_is_refused_while_a_run_writes(in_tmp: Path) -> None:
+    from retailml.settings import load_settings
+    from retailml.workflow.lock import RunLock
+
+    with RunLock(load_settings(environ={}, project_dir=in_tmp), "busy-run"):
+        result = CliRunner().invoke(cli, ["maintain"])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: another retailml run is writing to this lake (run busy-run, ")
+
+
 def test_runs_without_history_and_unknown_run(in_tmp: Path, spark: SparkSession) -> None:
     result = CliRunner().invoke(cli, ["runs"])
     assert result.exit_code == 0, result.output

@@ -409,9 +409,15 @@ def maintain(state: _State, names: tuple[str, ...]) -> None:
     (files older than maintain.vacuum_retention_hours that no version needs)."""
     from retailml.maintain import maintain as run_maintenance
     from retailml.spark import session
+    from retailml.workflow.lock import RunLock
 
     settings = state.settings()
-    with session(settings) as spark:
+    # Like a run, it holds the lake's lock: a VACUUM with a short retention would delete files
+    # a running task still reads. On Databricks the job's queue keeps them apart.
+    with contextlib.ExitStack() as stack:
+        if settings.spark.master != "existing":
+            stack.enter_context(RunLock(settings, "maintain"))
+        spark = stack.enter_context(session(settings))
         done = run_maintenance(settings, spark, names)
     rows = [("table", "files before", "files after", "z-order by", "seconds")]
     for m in done:

@@ -33,8 +33,9 @@ class Maintained:
 def maintain(
     settings: Settings, spark: SparkSession, tables: Sequence[str] = ()
 ) -> list[Maintained]:
-    """OPTIMIZE then VACUUM ``tables`` (default: every table written so far), in
-    :data:`~retailml.lakehouse.TABLES` order.
+    """OPTIMIZE then VACUUM ``tables`` in their order (default: every table written so far,
+    in :data:`~retailml.lakehouse.TABLES` order). The caller holds the lake's lock (the
+    command line takes it, as a run does).
 
     Raises:
         RetailmlError: A table named in ``tables`` or ``maintain.zorder_by`` is not one of the

@@ -64,8 +64,8 @@ def log_table_inputs(lake: Lakehouse, names: list[str], *, context: str) -> None
         location, version = lake.location(name), lake.version(name)
         where = {"table_name": location} if by_name else {"path": location}
         with warnings.catch_warnings():
-            # The schema MLflow infers (when logging) warns that integer columns cannot hold missing values:
-            # a hint for model signatures, not for a logged input.
+            # The schema MLflow infers (when logging) warns that integer columns cannot hold
+            # missing values: a hint for model signatures, not for a logged input.
             warnings.filterwarnings("ignore", category=UserWarning, module="mlflow.types")
             dataset = from_spark(lake.read(name), version=str(version), name=name, **where)
             mlflow.log_input(dataset, context=context)
