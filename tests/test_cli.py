@@ -201,23 +201,13 @@ def test_run_end_to_end_on_generated_data(
     assert f"numOutputRows={counts['silver.transactions']}" in history.output
 
 
-def test_a_second_run_on_the_same_lake_is_refused(in_tmp: Path) -> None:
+@pytest.mark.parametrize("command", [["run"], ["maintain"]], ids=" ".join)
+def test_a_second_writer_on_the_same_lake_is_refused(in_tmp: Path, command: list[str]) -> None:
     from retailml.settings import load_settings
     from retailml.workflow.lock import RunLock
 
     with RunLock(load_settings(environ={}, project_dir=in_tmp), "busy-run"):
-        result = CliRunner().invoke(cli, ["run"])
-    assert result.exit_code == 1
-    (line,) = result.output.strip().splitlines()
-    assert line.startswith("Error: another retailml run is writing to this lake (run busy-run, ")
-
-
-def test_maintain_is_refused_while_a_run_writes(in_tmp: Path) -> None:
-    from retailml.settings import load_settings
-    from retailml.workflow.lock import RunLock
-
-    with RunLock(load_settings(environ={}, project_dir=in_tmp), "busy-run"):
-        result = CliRunner().invoke(cli, ["maintain"])
+        result = CliRunner().invoke(cli, command)
     assert result.exit_code == 1
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: another retailml run is writing to this lake (run busy-run, ")

@@ -163,12 +163,7 @@ class Lakehouse:
         Raises:
             TableNotFoundError: The task that writes it has not run yet.
         """
-        if not self.exists(name):
-            producer = self.spec(name).producer
-            command = "retailml run" if producer == "run" else f"retailml task {producer}"
-            raise TableNotFoundError(
-                f"table {name} does not exist yet ({self.location(name)}); run `{command}` first"
-            )
+        self._require(name)
         if self._by_name:
             return self.spark.table(self.location(name))
         return self.spark.read.format("delta").load(self.location(name))
@@ -180,14 +175,15 @@ class Lakehouse:
         row = self._delta(name).history(1).select("version").first()
         return int(row["version"]) if row else None
 
-    def history(self, name: str, limit: int | None = None) -> list[HistoryEntry]:
-        """The table's Delta history, newest first (``DESCRIBE HISTORY``; see Delta Lake's
-        "Table utility commands" documentation).
+    def history(self, name: str, limit: int = 20) -> list[HistoryEntry]:
+        """The table's ``limit`` newest commits, newest first (``DESCRIBE HISTORY``; see Delta
+        Lake's "Table utility commands" documentation). Bounded: a table written daily gains a
+        commit a day.
 
         Raises:
             TableNotFoundError: The table has not been written yet.
         """
-        self.read(name)  # the one-line error naming the task that writes it
+        self._require(name)
         rows = (
             self._delta(name)
             .history(limit)
@@ -293,6 +289,15 @@ class Lakehouse:
                 f"unexpected {sorted(actual - expected)}"
             )
         return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+
+    def _require(self, name: str) -> None:
+        """Raise the one-line error naming the task that writes ``name`` if it does not exist."""
+        if not self.exists(name):
+            producer = self.spec(name).producer
+            command = "retailml run" if producer == "run" else f"retailml task {producer}"
+            raise TableNotFoundError(
+                f"table {name} does not exist yet ({self.location(name)}); run `{command}` first"
+            )
 
     def _delta(self, name: str) -> DeltaTable:
         if self._by_name:

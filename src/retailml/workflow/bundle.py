@@ -181,31 +181,14 @@ def job_resource(settings: Settings, spec: Mapping[str, Any] | None = None) -> d
                 f"copy: {', '.join(unknown)} (known: {', '.join(TASK_FIELDS)})"
             )
         task = {field: raw[field] for field in TASK_FIELDS if field in raw}
-        task["job_cluster_key"] = CLUSTER_KEY
-        task["python_wheel_task"] = {
-            "package_name": PACKAGE_NAME,
-            "entry_point": ENTRY_POINT,
-            "parameters": task_parameters(settings, str(raw["task_key"])),
-        }
-        # Relative to the resource file: the bundle's dist/, where the artifact is built.
-        depth = len(PurePosixPath(JOB_RESOURCE_FILE).parent.parts)
-        task["libraries"] = [{"whl": "../" * depth + f"{WHEEL_DIR}/*.whl"}]
+        task |= _wheel_task(task_parameters(settings, str(raw["task_key"])))
         tasks.append(task)
 
-    wf = settings.workflow
     return {
         "name": dag.name,
         "description": "Retail ML workflow: ingest, clean, features, train, score, recommend, "
         "report (exported from job.yml by `retailml bundle`).",
-        # Like the local runner, which refuses a second run on the same lake; a scheduled run
-        # that finds one running waits in the queue instead of being skipped.
-        "max_concurrent_runs": 1,
-        "queue": {"enabled": True},
-        "schedule": {
-            "quartz_cron_expression": wf.schedule_cron,
-            "timezone_id": wf.schedule_timezone,
-            "pause_status": "PAUSED" if wf.schedule_paused else "UNPAUSED",
-        },
+        **_one_run_at_a_time(settings, cron=settings.workflow.schedule_cron),
         "parameters": [
             {"name": name, "default": default} for name, default in job_parameters(settings).items()
         ],
@@ -214,29 +197,52 @@ def job_resource(settings: Settings, spec: Mapping[str, Any] | None = None) -> d
     }
 
 
+def _wheel_task(parameters: list[str]) -> dict[str, Any]:
+    """A task's fields that run ``retailml`` from the bundle's wheel on the job cluster."""
+    # Relative to the resource file: the bundle's dist/, where the artifact is built.
+    depth = len(PurePosixPath(JOB_RESOURCE_FILE).parent.parts)
+    return {
+        "job_cluster_key": CLUSTER_KEY,
+        "python_wheel_task": {
+            "package_name": PACKAGE_NAME,
+            "entry_point": ENTRY_POINT,
+            "parameters": parameters,
+        },
+        "libraries": [{"whl": "../" * depth + f"{WHEEL_DIR}/*.whl"}],
+    }
+
+
+def _one_run_at_a_time(settings: Settings, *, cron: str) -> dict[str, Any]:
+    """A job's concurrency and schedule: one run at a time, like the local runner, which
+    refuses a second run on the same lake; a scheduled run that finds one running waits in the
+    queue instead of being skipped. Time zone and pause state are the workflow's."""
+    wf = settings.workflow
+    return {
+        "max_concurrent_runs": 1,
+        "queue": {"enabled": True},
+        "schedule": {
+            "quartz_cron_expression": cron,
+            "timezone_id": wf.schedule_timezone,
+            "pause_status": "PAUSED" if wf.schedule_paused else "UNPAUSED",
+        },
+    }
+
+
 def maintenance_job(settings: Settings) -> dict[str, Any]:
     """The weekly Delta table care job: one task, ``retailml maintain`` on the workflow's
     catalog and schema (job parameters, as in :func:`job_resource`), on its own cluster of the
     same shape, at ``workflow.maintenance_cron`` (time zone and pause state as the workflow's).
     It queues behind a running workflow rather than racing its writes."""
-    wf = settings.workflow
     names = ("catalog", "schema")
     args: list[str] = []
     for name in names:
         args += ["--set", f"{name}={_ref(name)}"]
-    depth = len(PurePosixPath(JOB_RESOURCE_FILE).parent.parts)
     defaults = job_parameters(settings)
     return {
         "name": f"{BUNDLE_NAME} maintenance",
         "description": "Delta table care for the retailml tables: OPTIMIZE, then VACUUM "
         "(`retailml maintain`, exported by `retailml bundle`).",
-        "max_concurrent_runs": 1,
-        "queue": {"enabled": True},
-        "schedule": {
-            "quartz_cron_expression": wf.maintenance_cron,
-            "timezone_id": wf.schedule_timezone,
-            "pause_status": "PAUSED" if wf.schedule_paused else "UNPAUSED",
-        },
+        **_one_run_at_a_time(settings, cron=settings.workflow.maintenance_cron),
         "parameters": [{"name": name, "default": defaults[name]} for name in names],
         "job_clusters": [{"job_cluster_key": CLUSTER_KEY, "new_cluster": _job_cluster(settings)}],
         "tasks": [
@@ -247,13 +253,7 @@ def maintenance_job(settings: Settings) -> dict[str, Any]:
                 "min_retry_interval_millis": 10000,
                 "retry_on_timeout": False,
                 "timeout_seconds": 7200,
-                "job_cluster_key": CLUSTER_KEY,
-                "python_wheel_task": {
-                    "package_name": PACKAGE_NAME,
-                    "entry_point": ENTRY_POINT,
-                    "parameters": [*args, "maintain"],
-                },
-                "libraries": [{"whl": "../" * depth + f"{WHEEL_DIR}/*.whl"}],
+                **_wheel_task([*args, "maintain"]),
             }
         ],
     }
