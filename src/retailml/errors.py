@@ -19,3 +19,7 @@ class InputError(RetailmlError):
 
 class TableNotFoundError(RetailmlError):
     """A task needs a table that an earlier task has not written yet."""
+
+
+class QualityGateError(RetailmlError):
+    """A new batch breached a data-quality gate; nothing of it reached silver."""

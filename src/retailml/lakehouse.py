@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -103,8 +103,46 @@ TABLES: dict[str, TableSpec] = {
             "run",
             "every task attempt of every run: status, start, end, error, outputs",
         ),
+        TableSpec(
+            "ops.ingested_files",
+            S.INGESTED_FILES,
+            "ingest",
+            "every source file ingested: size, modification time, content hash, rows, batch",
+        ),
+        TableSpec(
+            "ops.lineage",
+            S.LINEAGE_TABLE,
+            "run",
+            "per task, the table and model versions it last built from (unchanged: skipped)",
+        ),
+        TableSpec(
+            "ops.quality",
+            S.QUALITY_CHECKS,
+            "ingest",
+            "every data-quality gate of every batch: value, threshold, fail or warn, passed",
+        ),
+        TableSpec(
+            "ops.drift",
+            S.DRIFT,
+            "train",
+            "population stability index of every feature and of the score, per as-of date",
+        ),
     )
 }
+
+
+# Delta operations that leave a table's rows as they were.
+_NOT_DATA_CHANGES = frozenset(
+    {
+        "OPTIMIZE",
+        "VACUUM START",
+        "VACUUM END",
+        "ADD CONSTRAINT",
+        "DROP CONSTRAINT",
+        "SET TBLPROPERTIES",
+        "UNSET TBLPROPERTIES",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -174,6 +212,18 @@ class Lakehouse:
             return None
         row = self._delta(name).history(1).select("version").first()
         return int(row["version"]) if row else None
+
+    def data_version(self, name: str) -> int | None:
+        """The version of the table's newest commit that changed its rows, or None if it does
+        not exist. OPTIMIZE, VACUUM and property or constraint changes do not count, so that
+        `retailml maintain` does not make the next run redo its work."""
+        if not self.exists(name):
+            return None
+        rows = self._delta(name).history(20).select("version", "operation").collect()
+        for r in rows:  # newest first
+            if str(r["operation"]) not in _NOT_DATA_CHANGES:
+                return int(r["version"])
+        return int(rows[-1]["version"]) if rows else None
 
     def history(self, name: str, limit: int = 20) -> list[HistoryEntry]:
         """The table's ``limit`` newest commits, newest first (``DESCRIBE HISTORY``; see Delta
@@ -273,6 +323,55 @@ class Lakehouse:
             .whenNotMatchedInsertAll()
             .execute()
         )
+
+    def merge_keys(self, name: str, keys: DataFrame, rows: DataFrame, key: str) -> None:
+        """Make the table's rows of the keys in ``keys`` exactly ``rows`` (one MERGE commit):
+        a key's row is updated when ``rows`` has it and deleted when it does not, and a new key
+        is inserted. Rows of other keys are untouched. ``rows`` must have one row per key.
+
+        Args:
+            name: The table.
+            keys: One column, ``key``: every key whose rows this write decides.
+            rows: The new rows of (some of) those keys, in the table's schema.
+            key: The key column.
+        """
+        present = "_present"
+        source = (
+            keys.select(key)
+            .distinct()
+            .join(self.conform(name, rows).withColumn(present, F.lit(True)), key, "left")
+        )
+        if not self.exists(name):
+            self._write(name, source.where(F.col(present)).drop(present), mode="overwrite")
+            return
+        names = self.spec(name).schema.fieldNames()
+        columns: dict[str, str | Column] = {c: f"s.`{c}`" for c in names}
+        (
+            self._delta(name)
+            .alias("t")
+            .merge(source.alias("s"), f"t.`{key}` = s.`{key}`")
+            .whenMatchedDelete(f"s.{present} IS NULL")
+            .whenMatchedUpdate(set=columns)
+            .whenNotMatchedInsert(f"s.{present}", values=columns)
+            .execute()
+        )
+
+    def add_constraints(self, name: str, constraints: dict[str, str]) -> None:
+        """Hold every writer of the table to ``constraints`` (name → SQL condition) with Delta
+        CHECK constraints (see Delta Lake's "Constraints" documentation); one already there
+        is left as it is. Delta checks the existing rows when a constraint is added and
+        refuses it if any breaks it.
+        """
+        have = {
+            k.removeprefix("delta.constraints.").lower()
+            for k in self._delta(name).detail().first()["properties"]  # type: ignore[index]
+            if k.startswith("delta.constraints.")
+        }
+        table = self._sql_name(name)
+        for constraint, condition in constraints.items():
+            if constraint.lower() not in have:
+                sql = f"ALTER TABLE {table} ADD CONSTRAINT {constraint} CHECK ({condition})"
+                self.spark.sql(sql)
 
     def conform(self, name: str, df: DataFrame) -> DataFrame:
         """``df`` with exactly the table's columns, in order and with its types.

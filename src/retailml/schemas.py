@@ -9,6 +9,7 @@ from pyspark.sql.types import (
     DoubleType,
     IntegerType,
     LongType,
+    MapType,
     StringType,
     StructField,
     StructType,
@@ -289,5 +290,69 @@ TASK_RUNS = _fields(
     (SECONDS, DoubleType(), True),
     (ERROR, StringType(), True),
     ("outputs", ArrayType(StringType(), False), False),  # the task's summary lines
+    (RECORDED_AT, TimestampType(), False),
+)
+
+# Ops: what the daily run needs to do only new work.
+PATH = "path"
+SIZE_BYTES = "size_bytes"
+MODIFIED_AT = "modified_at"
+SHA256 = "sha256"
+SETTINGS_HASH = "settings_hash"
+BRONZE_VERSION = "bronze_version"
+INPUTS = "inputs"
+
+# One row per source file ever ingested (MERGE on path): a file is read again only when its
+# size and content hash, or the ingest settings, differ from this row.
+INGESTED_FILES = _fields(
+    (PATH, StringType(), False),
+    (SIZE_BYTES, LongType(), False),
+    (MODIFIED_AT, TimestampType(), False),
+    (SHA256, StringType(), True),  # None for a file not on the local file system
+    ("input_rows", LongType(), False),
+    ("bronze_rows", LongType(), False),
+    ("quarantine_rows", LongType(), False),
+    (BATCH_ID, StringType(), False),
+    (BRONZE_VERSION, LongType(), False),  # bronze.transactions' version after the batch
+    (SETTINGS_HASH, StringType(), False),
+    (INGESTED_AT, TimestampType(), False),
+)
+
+# One row per task (MERGE on task): the table and model versions it last built from.
+LINEAGE_TABLE = _fields(
+    (TASK, StringType(), False),
+    (INPUTS, MapType(StringType(), LongType()), False),
+    (SETTINGS_HASH, StringType(), False),
+    (RECORDED_AT, TimestampType(), False),
+)
+
+# Data-quality gates, one row per gate per check (append-only).
+GATE = "gate"
+VALUE = "value"
+THRESHOLD = "threshold"
+ACTION = "action"  # fail | warn
+PASSED = "passed"
+QUALITY_CHECKS = _fields(
+    (BATCH_ID, StringType(), False),
+    ("stage", StringType(), False),  # ingest | clean
+    (GATE, StringType(), False),
+    (VALUE, DoubleType(), True),  # None: not measurable on this batch (no earlier batch)
+    (THRESHOLD, StringType(), False),
+    (ACTION, StringType(), False),
+    (PASSED, BooleanType(), False),
+    ("detail", StringType(), True),
+    (RECORDED_AT, TimestampType(), False),
+)
+
+# Population stability index per feature and of the score, per comparison (append-only).
+COMPARISON = "comparison"  # train_vs_score | score_vs_previous
+FEATURE = "feature"
+PSI = "psi"
+DRIFT = _fields(
+    (AS_OF_DATE, DateType(), False),
+    (COMPARISON, StringType(), False),
+    ("expected_date", DateType(), False),  # the reference cutoff or as-of date
+    (FEATURE, StringType(), False),
+    (PSI, DoubleType(), False),
     (RECORDED_AT, TimestampType(), False),
 )

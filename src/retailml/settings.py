@@ -277,6 +277,18 @@ class TrainSettings(_Section):
     )
     experiment: str = "retailml-propensity"
     model_name: str = "retailml-propensity"
+    max_champion_age_days: int = Field(
+        30,
+        ge=0,
+        description="Retrain when the champion was registered more than this many days ago "
+        "(0: every time the features change).",
+    )
+    max_auc_drop: float = Field(
+        0.02,
+        ge=0,
+        description="Retrain when the champion's ROC-AUC on the newest labelled cutoff is this "
+        "much below the ROC-AUC it was promoted with.",
+    )
 
 
 class ScoreSettings(_Section):
@@ -363,6 +375,17 @@ class RecommendSettings(_Section):
 class WorkflowSettings(_Section):
     """The DAG runner and its Databricks export (the tasks themselves are in workflow/job.yml)."""
 
+    full: bool = Field(
+        False,
+        description="Redo every task and re-read every source file even when nothing changed "
+        "(`retailml run --full`); otherwise a task whose inputs are unchanged skips.",
+    )
+    retrain: bool = Field(
+        False,
+        description="Retrain the propensity models even when no retraining rule asks for it "
+        "(`retailml run --retrain`).",
+    )
+
     schedule_cron: str = Field(
         "0 0 6 * * ?", description="Quartz cron of the Databricks job's schedule (daily 06:00)."
     )
@@ -380,6 +403,72 @@ class WorkflowSettings(_Section):
     )
     databricks_node_type: str = Field("i3.xlarge", description="Node type of the job cluster.")
     databricks_workers: int = Field(2, ge=0, description="Workers of the job cluster.")
+
+
+Gate = Literal["quarantine_share", "missing_customer_share", "bad_price_share",
+               "unknown_product_share", "batch_rows_ratio"]  # fmt: skip
+GATES: tuple[Gate, ...] = (
+    "quarantine_share",
+    "missing_customer_share",
+    "bad_price_share",
+    "unknown_product_share",
+    "batch_rows_ratio",
+)
+
+
+_WARN_ONLY: tuple[Gate, ...] = ("unknown_product_share", "batch_rows_ratio")
+
+
+class QualitySettings(_Section):
+    """Data-quality gates on each new batch of source files, checked before silver is written.
+
+    A breached gate fails the task (nothing of the batch reaches silver) unless it is listed in
+    ``warn``, when it is printed and recorded only. Every figure goes to ``ops.quality``."""
+
+    max_quarantine_share: float = Field(
+        0.10, ge=0, le=1, description="Quarantined rows / input rows of the batch (ingest)."
+    )
+    max_missing_customer_share: float = Field(
+        0.50,
+        ge=0,
+        le=1,
+        description="Purchase lines without a customer id / purchase lines (clean; the UCI "
+        "workbook has about 25%).",
+    )
+    max_bad_price_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Product lines with a zero or negative unit price / product lines (clean).",
+    )
+    max_unknown_product_share: float = Field(
+        0.50,
+        ge=0,
+        le=1,
+        description="Product lines of products silver has never seen / product lines (clean; "
+        "not checked on the first batch).",
+    )
+    batch_rows_ratio: tuple[float, float] = Field(
+        (0.1, 10.0),
+        description="Bounds of the batch's input rows per file against the previous batch's "
+        "(ingest; not checked on the first batch).",
+    )
+    warn: list[Gate] = Field(
+        default_factory=lambda: list(_WARN_ONLY),
+        description="Gates that only warn.",
+    )
+
+
+class MonitorSettings(_Section):
+    """Drift monitoring: the population stability index (PSI) of features and score."""
+
+    psi_threshold: float = Field(
+        0.2,
+        gt=0,
+        description="A feature's (or the score's) PSI above this is drift and triggers "
+        "retraining; 0.1-0.2 is usually read as a moderate shift, above 0.2 as a large one.",
+    )
+    psi_bins: int = Field(10, ge=2, description="Quantile bins of the reference distribution.")
 
 
 class ReportSettings(_Section):
@@ -427,6 +516,8 @@ class Settings(_Section):
     recommend: RecommendSettings = Field(default_factory=lambda: RecommendSettings())
     workflow: WorkflowSettings = Field(default_factory=lambda: WorkflowSettings())
     report: ReportSettings = Field(default_factory=lambda: ReportSettings())
+    quality: QualitySettings = Field(default_factory=lambda: QualitySettings())
+    monitor: MonitorSettings = Field(default_factory=lambda: MonitorSettings())
     maintain: MaintainSettings = Field(default_factory=lambda: MaintainSettings())
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

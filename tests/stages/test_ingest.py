@@ -15,7 +15,7 @@ from retailml.lakehouse import Lakehouse
 from retailml.settings import Settings
 from retailml.stages import ingest
 from retailml.stages.ingest import ONLINE_RETAIL, ONLINE_RETAIL_II, REES46, detect_layout
-from tests.conftest import make_settings
+from tests.conftest import GATES_WARN, make_settings
 
 HEADER_II = "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country"
 GOOD = [
@@ -73,7 +73,7 @@ def test_missing_required_column_names_file_and_column() -> None:
 
 def canonical_rows(spark: SparkSession, tmp_path: Path, lines: list[str]) -> list[dict]:
     """Both bronze tables' rows of one ingested file, as dicts with ``reason`` (None if valid)."""
-    settings = make_settings(tmp_path)
+    settings = make_settings(tmp_path, **GATES_WARN)
     ingest.run(settings, spark, source=str(write(tmp_path / "in.csv", HEADER_II, lines)))
     lake = Lakehouse(settings, spark)
     good = [r.asDict() | {"reason": None} for r in lake.read("bronze.transactions").collect()]
@@ -102,6 +102,12 @@ def test_each_bad_row_gets_its_reason(spark: SparkSession, tmp_path: Path) -> No
     assert {r["raw"]: r["reason"] for r in rows} == BAD  # the raw line exactly as in the file
 
 
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """These files are about parsing: many rows are bad on purpose, so the gates only warn."""
+    return make_settings(tmp_path, **GATES_WARN)
+
+
 def test_run_counts_quarantine_and_idempotency(
     settings: Settings, spark: SparkSession, tmp_path: Path
 ) -> None:
@@ -120,8 +126,14 @@ def test_run_counts_quarantine_and_idempotency(
     lake = Lakehouse(settings, spark)
     quarantine = lake.read("bronze.quarantine")
     assert quarantine.where(f"source_file = '{src / 'sub' / 'b.csv'}'").count() == 7
-    # Same files again: nothing is added.
-    ingest.run(settings, spark, source=str(src))
+    versions = {n: lake.version(n) for n in ("bronze.transactions", "bronze.quarantine")}
+    # Same files again: nothing is read or written.
+    again = ingest.run(settings, spark, source=str(src))
+    assert (again.files, again.unchanged, again.headline()) == (0, 2, "nothing new (2 files unchanged)")
+    assert {n: lake.version(n) for n in versions} == versions
+    # --full reads them again, and replaces their rows: nothing is added.
+    full = settings.with_overrides({"workflow.full": True})
+    assert ingest.run(full, spark, source=str(src)).files == 2
     assert lake.read("bronze.transactions").count() == 4
     assert lake.read("bronze.quarantine").count() == 7
     assert {r.batch_id for r in lake.read("bronze.transactions").collect()} != {first.batch_id}
@@ -225,7 +237,7 @@ def test_counts_in_equal_bronze_plus_quarantine(
     junk: list[list[str]],
 ) -> None:
     base = tmp_path_factory.mktemp("hyp")
-    settings = make_settings(base)
+    settings = make_settings(base, **GATES_WARN)
     lines = good + bad
     src = base / "src" / "mixed.csv"
     src.parent.mkdir(parents=True)

@@ -15,13 +15,13 @@ from pyspark.sql import SparkSession
 from retailml.errors import InputError
 from retailml.lakehouse import Lakehouse
 from retailml.stages import ingest
-from tests.conftest import make_settings
+from tests.conftest import GATES_WARN, make_settings
 
 HEADER = "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country"
 
 
 def run(spark: SparkSession, tmp_path: Path, source: Path, **overrides: object):
-    settings = make_settings(tmp_path / "project", **overrides)
+    settings = make_settings(tmp_path / "project", **{**GATES_WARN, **overrides})
     result = ingest.run(settings, spark, source=str(source))
     lake = Lakehouse(settings, spark)
     good = {r.product_id: r for r in lake.read("bronze.transactions").collect()}

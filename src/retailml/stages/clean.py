@@ -21,7 +21,18 @@ Rules, in the order they apply:
 - rows without a customer id are **guest** purchases: kept (they count for product popularity)
   and marked ``is_guest``.
 
-Every table is overwritten as a whole, so re-running gives identical tables.
+The first run, a run with other clean settings, and ``workflow.full`` build the three tables
+from all of bronze (overwrite). After that a run cleans only the files ingested since the last
+clean (``ops.ingested_files``): it rebuilds the silver rows of every transaction those files
+have or had — from every bronze file that has it, so de-duplication across files still holds —
+and MERGEs them into ``silver.transactions`` by ``transaction_id`` (a row no file has any more
+is deleted), then rebuilds and MERGEs the product and customer rows those transactions touch.
+Either way the tables equal a full rebuild, and re-running with nothing new does nothing.
+
+Before anything is written the batch passes the data-quality gates (:mod:`retailml.quality`):
+the shares of purchase lines without a customer, of product lines with a zero or negative price,
+and of product lines of products silver has never seen. ``silver.transactions`` holds every
+writer to ``quantity <> 0`` (a Delta CHECK constraint).
 """
 
 from __future__ import annotations
@@ -32,9 +43,16 @@ from dataclasses import dataclass, field
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from retailml import lineage
+from retailml import quality as Q
 from retailml import schemas as S
 from retailml.lakehouse import Lakehouse
-from retailml.settings import DEFAULT_LINE_KINDS, LineKindRule, Settings
+from retailml.settings import DEFAULT_LINE_KINDS, Gate, LineKindRule, QualitySettings, Settings
+
+OUTPUTS = ("silver.transactions", "silver.products", "silver.customers")
+CONSTRAINTS = {"quantity_not_zero": f"{S.QUANTITY} <> 0"}
+# Above this many changed files a run rebuilds silver instead of merging.
+_MAX_MERGED_FILES = 500
 
 _BUSINESS_COLUMNS = (
     S.INVOICE_ID,
@@ -71,6 +89,8 @@ class CleanResult:
     products: int
     customers: int
     kinds: dict[str, KindTotals] = field(default_factory=dict)
+    merged_files: int | None = None  # None: rebuilt from all of bronze
+    gates: list[str] = field(default_factory=list)
 
     def headline(self) -> str:
         aside = sum(t.lines for k, t in self.kinds.items() if k != S.PRODUCT_LINE)
@@ -95,7 +115,9 @@ class CleanResult:
                 f"    {kind:<11} {t.lines:>9,} lines  revenue {t.revenue:>14,.2f}"
                 for kind, t in sorted(others.items(), key=lambda kv: -kv[1].lines)
             ]
-        return lines
+        if self.merged_files is not None:
+            lines.append(f"  merged the rows of {self.merged_files} new or changed files")
+        return lines + [f"  {gate}" for gate in self.gates]
 
 
 def line_kind(rules: Sequence[LineKindRule] = DEFAULT_LINE_KINDS) -> Column:
@@ -150,11 +172,8 @@ def clean_transactions(
     )
     is_return = credit & _is_product()
     quantity = F.when(credit, -F.abs(F.col(S.QUANTITY))).otherwise(F.col(S.QUANTITY))
-    key = F.concat_ws(
-        "\u0001", *[F.coalesce(F.col(c).cast("string"), F.lit("\u0000")) for c in _BUSINESS_COLUMNS]
-    )
     return deduped.select(
-        F.sha2(key, 256).substr(1, 32).alias(S.TRANSACTION_ID),
+        transaction_id().alias(S.TRANSACTION_ID),
         S.INVOICE_ID,
         S.CUSTOMER_ID,
         S.PRODUCT_ID,
@@ -172,6 +191,15 @@ def clean_transactions(
         S.COUNTRY,
         S.SOURCE_FILE,
     )
+
+
+def transaction_id() -> Column:
+    """A transaction's key: a hash of its business columns as bronze has them (so equal lines
+    from two files share it)."""
+    key = F.concat_ws(
+        "\u0001", *[F.coalesce(F.col(c).cast("string"), F.lit("\u0000")) for c in _BUSINESS_COLUMNS]
+    )
+    return F.sha2(key, 256).substr(1, 32)
 
 
 def most_frequent(df: DataFrame, key: str, column: str) -> DataFrame:
@@ -246,18 +274,180 @@ def build_customers(transactions: DataFrame) -> DataFrame:
     )
 
 
-def run(settings: Settings, spark: SparkSession) -> CleanResult:
-    """Rebuild the three silver tables from bronze (overwrite; idempotent)."""
-    lake = Lakehouse(settings, spark)
-    bronze = lake.read("bronze.transactions")
-    lake.overwrite(
-        "silver.transactions", clean_transactions(bronze, line_kinds=settings.clean.line_kinds)
-    )
-    # Build the dimensions from the table just written rather than re-running the de-duplication.
-    silver = lake.read("silver.transactions")
-    lake.overwrite("silver.products", build_products(silver))
-    lake.overwrite("silver.customers", build_customers(silver))
+def run(settings: Settings, spark: SparkSession) -> CleanResult | lineage.UpToDate:
+    """Bring the three silver tables up to date with bronze (see the module docstring).
 
+    Raises:
+        QualityGateError: The new batch breached a failing gate; silver is unchanged.
+    """
+    lake = Lakehouse(settings, spark)
+    now = lineage.inputs(lake, "clean", ["bronze.transactions"], config=[settings.clean])
+    if lineage.up_to_date(lake, now, OUTPUTS):
+        return lineage.UpToDate("clean", now.describe())
+    bronze = lake.read("bronze.transactions")
+    rules = settings.clean.line_kinds
+    changed = _changed_files(lake, now)
+    batch = bronze if changed is None else bronze.where(_of_files(changed))
+    fresh = clean_transactions(batch, line_kinds=rules).persist()
+    try:
+        gates = Q.enforce(
+            lake,
+            _batch_id(lake, changed),
+            "clean",
+            _gates(settings.quality, fresh, lake, first=changed is None),
+        )
+        if changed is None:
+            lake.overwrite("silver.transactions", fresh)
+            # The dimensions from the table just written, not the de-duplication again.
+            silver = lake.read("silver.transactions")
+            lake.overwrite("silver.products", build_products(silver))
+            lake.overwrite("silver.customers", build_customers(silver))
+        else:
+            _merge(lake, bronze, fresh, changed, rules)
+    finally:
+        fresh.unpersist()
+    lake.add_constraints("silver.transactions", CONSTRAINTS)
+    result = _result(lake, bronze, merged=None if changed is None else len(changed), gates=gates)
+    lineage.record(lake, now)
+    return result
+
+
+def _changed_files(lake: Lakehouse, now: lineage.Inputs) -> list[str] | None:
+    """The files ingested since the bronze version the last clean built from; None when
+    silver must be built from all of bronze (first run, other settings, --full, too many)."""
+    last = lineage.last(lake, "clean")
+    if (
+        last is None
+        or lake.settings.workflow.full
+        or last.settings_hash != now.settings_hash
+        or not all(lake.exists(name) for name in OUTPUTS)
+        or not lake.exists("ops.ingested_files")
+    ):
+        return None
+    since = last.versions.get("bronze.transactions", -1)
+    rows = (
+        lake.read("ops.ingested_files")
+        .where(F.col(S.BRONZE_VERSION) > since)
+        .select(S.PATH)
+        .collect()
+    )
+    files = sorted(r[S.PATH] for r in rows)
+    # No file explains the change (bronze was written another way), or too many do: rebuild.
+    return files if 0 < len(files) <= _MAX_MERGED_FILES else None
+
+
+def _of_files(paths: Sequence[str]) -> Column:
+    """Rows of these files (a workbook's rows are ``path#sheet``)."""
+    condition = F.col(S.SOURCE_FILE).isin(*paths)
+    for path in paths:
+        condition = condition | F.col(S.SOURCE_FILE).startswith(path + "#")
+    return condition
+
+
+def _batch_id(lake: Lakehouse, changed: list[str] | None) -> str:
+    """The ingest batch being cleaned (the newest, when a clean covers several); ``all``
+    for a rebuild from all of bronze."""
+    if not changed or not lake.exists("ops.ingested_files"):
+        return "all"
+    row = (
+        lake.read("ops.ingested_files")
+        .where(F.col(S.PATH).isin(*changed))
+        .orderBy(F.col(S.INGESTED_AT).desc())
+        .select(S.BATCH_ID)
+        .first()
+    )
+    return str(row[S.BATCH_ID]) if row else "all"
+
+
+def _gates(
+    cfg: QualitySettings, fresh: DataFrame, lake: Lakehouse, *, first: bool
+) -> list[Q.Check]:
+    """The clean gates, from one aggregation of the batch's cleaned rows per file."""
+    product = _is_product()
+    purchase = product & (F.col(S.EVENT_TYPE) == S.PURCHASE)
+    rows = fresh
+    known = F.lit(True)
+    if not first and lake.exists("silver.products"):
+        ids = lake.read("silver.products").select(S.PRODUCT_ID, F.lit(True).alias("_known"))
+        rows = fresh.join(F.broadcast(ids), S.PRODUCT_ID, "left")
+        known = F.coalesce(F.col("_known"), F.lit(False))
+    per_file = (
+        rows.groupBy(S.SOURCE_FILE)
+        .agg(
+            F.count(F.when(purchase, 1)).alias("purchases"),
+            F.count(F.when(purchase & F.col(S.CUSTOMER_ID).isNull(), 1)).alias("guests"),
+            F.count(F.when(product, 1)).alias("products"),
+            F.count(F.when(product & (F.col(S.UNIT_PRICE) <= 0), 1)).alias("bad_price"),
+            F.count(F.when(product & ~known, 1)).alias("unknown"),
+        )
+        .collect()
+    )
+
+    def gate(name: Gate, part: str, whole: str, limit: float) -> Q.Check:
+        shares = {r[S.SOURCE_FILE]: r[part] / r[whole] for r in per_file if r[whole]}
+        total = (sum(r[part] for r in per_file), sum(r[whole] for r in per_file))
+        return Q.share(cfg, name, *total, limit, Q.worst_file(shares))
+
+    checks = [
+        gate("missing_customer_share", "guests", "purchases", cfg.max_missing_customer_share),
+        gate("bad_price_share", "bad_price", "products", cfg.max_bad_price_share),
+    ]
+    if not first:
+        checks.append(
+            gate("unknown_product_share", "unknown", "products", cfg.max_unknown_product_share)
+        )
+    return checks
+
+
+def _merge(
+    lake: Lakehouse,
+    bronze: DataFrame,
+    fresh: DataFrame,
+    changed: Sequence[str],
+    rules: Sequence[LineKindRule],
+) -> None:
+    """MERGE the silver rows of every transaction the changed files have or had, then the
+    product and customer rows those transactions touch."""
+    old = lake.read("silver.transactions").where(_of_files(changed))
+    touched = (
+        fresh.select(S.TRANSACTION_ID, S.PRODUCT_ID, S.CUSTOMER_ID, S.EVENT_TIME)
+        .union(old.select(S.TRANSACTION_ID, S.PRODUCT_ID, S.CUSTOMER_ID, S.EVENT_TIME))
+        .persist()
+    )
+    try:
+        span = touched.agg(F.min(S.EVENT_TIME), F.max(S.EVENT_TIME)).first()
+        if span is None or span[0] is None:
+            return
+        keys = touched.select(S.TRANSACTION_ID).distinct()
+        # Every bronze copy of those transactions, from any file; equal lines have equal event
+        # times, so the batch's time span lets Delta skip the files outside it.
+        copies = (
+            bronze.where(F.col(S.EVENT_TIME).between(span[0], span[1]))
+            .withColumn(S.TRANSACTION_ID, transaction_id())
+            .join(keys, S.TRANSACTION_ID, "leftsemi")
+            .drop(S.TRANSACTION_ID)
+        )
+        lake.merge_keys(
+            "silver.transactions",
+            keys,
+            clean_transactions(copies, line_kinds=rules),
+            S.TRANSACTION_ID,
+        )
+        silver = lake.read("silver.transactions")
+        for name, key, build in (
+            ("silver.products", S.PRODUCT_ID, build_products),
+            ("silver.customers", S.CUSTOMER_ID, build_customers),
+        ):
+            ids = touched.where(F.col(key).isNotNull()).select(key).distinct()
+            lake.merge_keys(name, ids, build(silver.join(ids, key, "leftsemi")), key)
+    finally:
+        touched.unpersist()
+
+
+def _result(
+    lake: Lakehouse, bronze: DataFrame, *, merged: int | None, gates: list[str]
+) -> CleanResult:
+    silver = lake.read("silver.transactions")
     # One pass: per kind, its lines, revenue, returns and guest rows (a handful of rows).
     per_kind = (
         silver.groupBy(S.LINE_KIND)
@@ -285,4 +475,6 @@ def run(settings: Settings, spark: SparkSession) -> CleanResult:
             str(r[S.LINE_KIND]): KindTotals(int(r["rows"]), round(float(r["revenue"] or 0.0), 2))
             for r in per_kind
         },
+        merged_files=merged,
+        gates=gates,
     )

@@ -24,12 +24,15 @@ from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
+from retailml import quality as Q
 from retailml import schemas as S
 from retailml.errors import InputError
 from retailml.generate import generate_data
 from retailml.lakehouse import Lakehouse
-from retailml.settings import IngestSettings, Settings
+from retailml.lineage import settings_hash
+from retailml.settings import IngestSettings, QualitySettings, Settings
 from retailml.stages.ingest import canonical as C
 from retailml.stages.ingest import records as R
 from retailml.stages.ingest.layouts import (
@@ -43,11 +46,14 @@ from retailml.stages.ingest.layouts import (
     normalise,
 )
 from retailml.stages.ingest.sources import (
+    FileStamp,
     SourceFile,
     SourceListing,
     cause,
+    content_hash,
     csv_header,
     file_format,
+    file_stamps,
     is_local,
     list_source_files,
     workbook_sheets,
@@ -74,6 +80,7 @@ __all__ = [
 # INT64 (TIMESTAMP(NANOS,false))") unless told to read them as longs; they are then epoch
 # nanoseconds, which the canonical parse reads by magnitude.
 _NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
+FILES = "ops.ingested_files"
 
 
 @dataclass(frozen=True)
@@ -89,12 +96,24 @@ class IngestResult:
     skipped: list[str] = field(default_factory=list)
     decided: dict[str, str] = field(default_factory=dict)
     generated: str | None = None  # what was generated when no source was given
+    unchanged: int = 0  # files left alone: read before, and neither they nor the settings changed
+    gates: list[str] = field(default_factory=list)
 
     def headline(self) -> str:
+        if not self.files:
+            return f"nothing new ({self.unchanged} files unchanged)"
         return f"{self.bronze_rows:,} bronze rows, {self.quarantine_rows:,} quarantined"
 
     def summary(self) -> list[str]:
         lines = [self.generated] if self.generated else []
+        if not self.files:
+            return [
+                *lines,
+                f"nothing new: {self.unchanged} files unchanged since their last ingest; "
+                "`retailml run --full` reads them again",
+            ]
+        if self.unchanged:
+            lines.append(f"{self.unchanged} files unchanged since their last ingest: not read")
         lines.append(
             f"{self.files} files, {self.input_rows:,} input rows → bronze.transactions "
             f"{self.bronze_rows:,} + bronze.quarantine {self.quarantine_rows:,}"
@@ -105,7 +124,8 @@ class IngestResult:
             what = "file that is" if len(self.skipped) == 1 else "files that are"
             lines.append(f"  skipped {len(self.skipped)} {what} not data: {names}{more}")
         lines += [f"  read {path} with {how}" for path, how in self.decided.items()]
-        return lines + [f"  quarantined {n:>8,}  {reason}" for reason, n in self.reasons.items()]
+        lines += [f"  quarantined {n:>8,}  {reason}" for reason, n in self.reasons.items()]
+        return lines + [f"  {gate}" for gate in self.gates]
 
 
 def inspect(spark: SparkSession, path: str, cfg: IngestSettings) -> list[SourceFile]:
@@ -220,18 +240,94 @@ def run(settings: Settings, spark: SparkSession, *, source: str | None = None) -
             f"{data.out_dir} ({time.monotonic() - started:.1f} s)"
         )
     location = settings.path(location)
+    lake = Lakehouse(settings, spark)
     with _nanosecond_parquet(spark):
         listing = list_source_files(spark, location)
-        result = _ingest(Lakehouse(settings, spark), listing, location, cfg=cfg)
+        plan = plan_batch(lake, listing.files, cfg, full=settings.workflow.full)
+        if not plan.read:
+            return IngestResult(
+                files=0,
+                input_rows=0,
+                bronze_rows=0,
+                quarantine_rows=0,
+                reasons={},
+                batch_id="",
+                skipped=listing.skipped,
+                generated=generated,
+                unchanged=len(listing.files),
+            )
+        result = _ingest(lake, listing, plan, location, cfg=cfg, quality=settings.quality)
     return dataclasses.replace(result, generated=generated)
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which files of a source this ingest reads, and what it knows of them.
+
+    Attributes:
+        read: The files to read: new, changed (size or content hash), or read under other
+            ingest settings; all of them with ``workflow.full``.
+        unchanged: The files left alone.
+        stamps: Size and modification time of every file to read.
+        hashes: Content hash of every file to read (None off the local file system).
+        settings_hash: The hash of the ingest settings the batch is read with.
+        previous_rows_per_file: Input rows per file of the last batch (None: first batch).
+    """
+
+    read: list[str]
+    unchanged: list[str]
+    stamps: dict[str, FileStamp]
+    hashes: dict[str, str | None]
+    settings_hash: str
+    previous_rows_per_file: float | None
+
+
+def plan_batch(
+    lake: Lakehouse, files: list[str], cfg: IngestSettings, *, full: bool = False
+) -> BatchPlan:
+    """Compare the source's files with ``ops.ingested_files``. A file whose size and
+    modification time are as recorded is unchanged without being read; one whose time alone
+    changed (copied, touched) is hashed, and unchanged if its content hash is as recorded."""
+    how = settings_hash(cfg.model_copy(update={"source": None}))
+    known = {r[S.PATH]: r for r in lake.read(FILES).collect()} if lake.exists(FILES) else {}
+    stamps = file_stamps(lake.spark, files)
+    read, unchanged, hashes = [], [], {}
+    for path in files:
+        before, stamp = known.get(path), stamps[path]
+        if not full and before is not None and before[S.SETTINGS_HASH] == how:
+            if (before[S.SIZE_BYTES], before[S.MODIFIED_AT]) == (stamp.size, stamp.modified):
+                unchanged.append(path)
+                continue
+            digest = content_hash(path)
+            if digest is not None and (before[S.SIZE_BYTES], before[S.SHA256]) == (
+                stamp.size,
+                digest,
+            ):
+                unchanged.append(path)
+                continue
+            hashes[path] = digest
+        read.append(path)
+    hashes.update({p: content_hash(p) for p in read if p not in hashes})
+    previous = None
+    if known:
+        last = max(known.values(), key=lambda r: r[S.INGESTED_AT])[S.BATCH_ID]
+        batch = [r for r in known.values() if r[S.BATCH_ID] == last]
+        previous = sum(int(r["input_rows"]) for r in batch) / len(batch)
+    return BatchPlan(read, unchanged, {p: stamps[p] for p in read}, hashes, how, previous)
+
+
 def _ingest(
-    lake: Lakehouse, listing: SourceListing, location: str, *, cfg: IngestSettings
+    lake: Lakehouse,
+    listing: SourceListing,
+    plan: BatchPlan,
+    location: str,
+    *,
+    cfg: IngestSettings,
+    quality: QualitySettings,
 ) -> IngestResult:
     spark = lake.spark
     # Check every file before writing anything, so a bad file leaves the tables untouched.
-    sources = [s for path in listing.files for s in inspect(spark, path, cfg)]
+    sources = [s for path in plan.read for s in inspect(spark, path, cfg)]
     mapping = cfg.column_mapping or None
     layouts = [detect_layout(s.columns, source=s.source_file, mapping=mapping) for s in sources]
 
@@ -266,14 +362,20 @@ def _ingest(
             .persist()
         )
         reason_head = F.regexp_extract(F.col(S.REASON), r"^([^(]*?)\s*(\(|$)", 1)
-        counts = {
-            (r["reason"] or ""): int(r["count"])
-            for r in rows.groupBy(reason_head.alias("reason")).count().collect()
-        }
+        path_of = {s.source_file: s.path for s in sources}
+        counts: dict[str, int] = {}
+        per_file: dict[str, list[int]] = {p: [0, 0] for p in plan.read}  # [input, quarantined]
+        for r in rows.groupBy(S.SOURCE_FILE, reason_head.alias("reason")).count().collect():
+            reason, n = r["reason"] or "", int(r["count"])
+            counts[reason] = counts.get(reason, 0) + n
+            tally = per_file[path_of[r[S.SOURCE_FILE]]]
+            tally[0] += n
+            tally[1] += n if reason else 0
         records.unpersist()
         input_rows = sum(counts.values())
         if input_rows == 0:
             raise InputError(f"{location}: no data rows (only headers or blank lines)")
+        gates = Q.enforce(lake, batch_id, "ingest", _gates(quality, plan, per_file))
         condition = _replace_condition(sources)
         good = rows.where(F.col(S.REASON).isNull()).drop(S.REASON, S.RAW)
         bad = rows.where(F.col(S.REASON).isNotNull()).select(
@@ -281,13 +383,14 @@ def _ingest(
         )
         lake.replace_where("bronze.transactions", good, condition)
         lake.replace_where("bronze.quarantine", bad, condition)
+        _record_files(lake, plan, per_file, batch_id)
     finally:
         records.unpersist()
         if rows is not None:
             rows.unpersist()
     quarantined = {k: v for k, v in counts.items() if k}
     return IngestResult(
-        files=len(listing.files),
+        files=len(plan.read),
         input_rows=input_rows,
         bronze_rows=counts.get("", 0),
         quarantine_rows=sum(quarantined.values()),
@@ -295,4 +398,38 @@ def _ingest(
         batch_id=batch_id,
         skipped=listing.skipped,
         decided={d.source_file: d.describe() for d in decisions if d.describe()},
+        unchanged=len(plan.unchanged),
+        gates=gates,
     )
+
+
+def _gates(cfg: QualitySettings, plan: BatchPlan, per_file: dict[str, list[int]]) -> list[Q.Check]:
+    """The ingest gates of a batch: its quarantine share, and its rows per file against the
+    previous batch's."""
+    rows = sum(t[0] for t in per_file.values())
+    quarantined = sum(t[1] for t in per_file.values())
+    shares = {p: t[1] / t[0] for p, t in per_file.items() if t[0]}
+    per = rows / len(per_file) if per_file else 0.0
+    previous = plan.previous_rows_per_file
+    limit, bounds = cfg.max_quarantine_share, cfg.batch_rows_ratio
+    return [
+        Q.share(cfg, "quarantine_share", quarantined, rows, limit, Q.worst_file(shares)),
+        Q.ratio(cfg, "batch_rows_ratio", per / previous if previous else None, bounds),
+    ]
+
+
+def _record_files(
+    lake: Lakehouse, plan: BatchPlan, per_file: dict[str, list[int]], batch_id: str
+) -> None:
+    """Upsert the batch's files into ``ops.ingested_files``, after bronze is written."""
+    version = lake.version("bronze.transactions")
+    rows = [
+        (path, plan.stamps[path].size, plan.stamps[path].modified, plan.hashes.get(path),
+         tally[0], tally[0] - tally[1], tally[1], batch_id, version, plan.settings_hash)
+        for path, tally in per_file.items()
+    ]  # fmt: skip
+    written = StructType([f for f in S.INGESTED_FILES.fields if f.name != S.INGESTED_AT])
+    frame = lake.spark.createDataFrame(rows, written).withColumn(
+        S.INGESTED_AT, F.current_timestamp()
+    )
+    lake.merge(FILES, frame, [S.PATH])

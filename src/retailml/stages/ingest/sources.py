@@ -11,9 +11,11 @@ unseen.
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from pyspark.sql import SparkSession
@@ -142,6 +144,44 @@ def list_source_files(spark: SparkSession, source: str) -> SourceListing:
     if not data:
         raise InputError(f"{source}: empty folder: no {', '.join(DATA_SUFFIXES)} files")
     return SourceListing(data, skipped)
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """A file's size and modification time, as its file system reports them."""
+
+    size: int
+    modified: datetime
+
+
+def file_stamps(spark: SparkSession, paths: Sequence[str]) -> dict[str, FileStamp]:
+    """Size and modification time (UTC) of each file, without reading it."""
+    stamps = {}
+    for path in paths:
+        if is_local(path):
+            st = _local(path).stat()
+            size, millis = st.st_size, st.st_mtime_ns // 1_000_000
+        else:
+            jvm = spark.sparkContext._jvm
+            hpath = jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
+            fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+            status = fs.getFileStatus(hpath)
+            size, millis = int(status.getLen()), int(status.getModificationTime())
+        modified = datetime.fromtimestamp(millis / 1000, tz=UTC).replace(tzinfo=None)
+        stamps[path] = FileStamp(size, modified)
+    return stamps
+
+
+def content_hash(path: str) -> str | None:
+    """SHA-256 of a local file's bytes (None for a file elsewhere: its size and modification
+    time stand for its content)."""
+    if not is_local(path):
+        return None
+    digest = hashlib.sha256()
+    with _local(path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _list_hadoop(spark: SparkSession, source: str) -> list[str]:

@@ -1,0 +1,105 @@
+"""What each task last built from (``ops.lineage``), so that a task whose inputs did not change
+does no work.
+
+A task's inputs are the data versions of the tables it reads (:meth:`Lakehouse.data_version`:
+OPTIMIZE and VACUUM do not count), any model version it loads, and a hash of the settings it
+reads. When all three equal the task's row in ``ops.lineage`` and its outputs exist, the task
+is up to date and skips; ``workflow.full`` (``retailml run --full``) redoes it anyway. The row
+is written after the task's own tables, so a task that fails half-way is not recorded and runs
+again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from pyspark.sql import functions as F
+
+from retailml import schemas as S
+from retailml.lakehouse import Lakehouse
+
+TABLE = "ops.lineage"
+
+
+def settings_hash(*sections: BaseModel | Any) -> str:
+    """A short hash of settings sections (or plain values): equal settings, equal hash."""
+    parts = [s.model_dump(mode="json") if isinstance(s, BaseModel) else s for s in sections]
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a task builds from: input name → version, and the hash of its settings."""
+
+    task: str
+    versions: dict[str, int]
+    settings_hash: str
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} v{version}" for name, version in sorted(self.versions.items()))
+
+
+def inputs(
+    lake: Lakehouse,
+    task: str,
+    tables: Sequence[str],
+    *,
+    config: Sequence[Any] = (),
+    models: Mapping[str, int] | None = None,
+) -> Inputs:
+    """The task's inputs as they are now. A table that does not exist has version -1."""
+    versions = {name: lake.data_version(name) for name in tables}
+    return Inputs(
+        task,
+        {**{k: (-1 if v is None else v) for k, v in versions.items()}, **(models or {})},
+        settings_hash(*config),
+    )
+
+
+def last(lake: Lakehouse, task: str) -> Inputs | None:
+    """What the task last built from, or None if it never finished."""
+    if not lake.exists(TABLE):
+        return None
+    row = lake.read(TABLE).where(F.col(S.TASK) == task).first()
+    if row is None:
+        return None
+    return Inputs(task, dict(row[S.INPUTS]), str(row[S.SETTINGS_HASH]))
+
+
+def up_to_date(lake: Lakehouse, now: Inputs, outputs: Sequence[str]) -> bool:
+    """True when the task last built from exactly ``now`` and its outputs still exist, and the
+    run does not ask for everything (``workflow.full``)."""
+    if lake.settings.workflow.full:
+        return False
+    before = last(lake, now.task)
+    return before == now and all(lake.exists(name) for name in outputs)
+
+
+def record(lake: Lakehouse, built: Inputs) -> None:
+    """Record that the task built its outputs from ``built`` (call after its last write)."""
+    row = lake.spark.createDataFrame(
+        [(built.task, built.versions, built.settings_hash)],
+        "task string, inputs map<string,bigint>, settings_hash string",
+    ).withColumn(S.RECORDED_AT, F.current_timestamp())
+    lake.merge(TABLE, row, [S.TASK])
+
+
+@dataclass(frozen=True)
+class UpToDate:
+    """A task's result when it skipped: what it found unchanged."""
+
+    task: str
+    inputs: str
+
+    def headline(self) -> str:
+        return "up to date: nothing new"
+
+    def summary(self) -> list[str]:
+        return [f"{self.task}: up to date, nothing new since it last ran ({self.inputs}); "
+                "`retailml run --full` redoes it"]  # fmt: skip
