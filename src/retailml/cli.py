@@ -188,15 +188,34 @@ def task(state: _State, name: str, source: str | None, run_id: str | None) -> No
     callback=_check_run_id,
     help="Re-run only the tasks of that run that did not succeed (as a new run).",
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Re-read every source file and redo every task, even where nothing changed.",
+)
+@click.option(
+    "--retrain", is_flag=True, help="Retrain the propensity models even if nothing asks for it."
+)
 @pass_state
 def run(
-    state: _State, source: str | None, from_: str | None, only: tuple[str, ...], resume: str | None
+    state: _State,
+    source: str | None,
+    from_: str | None,
+    only: tuple[str, ...],
+    resume: str | None,
+    full: bool,
+    retrain: bool,
 ) -> None:
     """Run the workflow's DAG: ingest → clean → features → train → score, clean → recommend,
-    then the report. Generates demo data when no source is set."""
+    then the report. Generates demo data when no source is set.
+
+    A run does only new work: files not seen before (or changed), and the tasks whose inputs
+    changed; the propensity models are retrained only when a rule asks for it."""
     from retailml.workflow import run_workflow
 
-    settings = state.settings(**({"ingest.source": source} if source else {}))
+    flags = {"workflow.full": True} if full else {}
+    flags |= {"workflow.retrain": True} if retrain else {}
+    settings = state.settings(**({"ingest.source": source} if source else {}), **flags)
     result = run_workflow(
         settings, from_=from_, only=only, resume=resume, echo=click.echo, debug=state.debug
     )

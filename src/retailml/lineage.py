@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from pyspark.sql import functions as F
@@ -24,6 +24,7 @@ from retailml import schemas as S
 from retailml.lakehouse import Lakehouse
 
 TABLE = "ops.lineage"
+R = TypeVar("R")
 
 
 def settings_hash(*sections: BaseModel | Any) -> str:
@@ -103,3 +104,22 @@ class UpToDate:
     def summary(self) -> list[str]:
         return [f"{self.task}: up to date, nothing new since it last ran ({self.inputs}); "
                 "`retailml run --full` redoes it"]  # fmt: skip
+
+
+def unless_up_to_date(
+    lake: Lakehouse,
+    task: str,
+    work: Callable[[], R],
+    *,
+    tables: Sequence[str],
+    outputs: Sequence[str],
+    config: Sequence[Any] = (),
+    models: Mapping[str, int] | None = None,
+) -> R | UpToDate:
+    """Run ``work`` and record what it built from, unless the task is up to date."""
+    now = inputs(lake, task, tables, config=config, models=models)
+    if up_to_date(lake, now, outputs):
+        return UpToDate(task, now.describe())
+    result = work()
+    record(lake, now)
+    return result

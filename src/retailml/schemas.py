@@ -354,5 +354,7 @@ DRIFT = _fields(
     ("expected_date", DateType(), False),  # the reference cutoff or as-of date
     (FEATURE, StringType(), False),
     (PSI, DoubleType(), False),
+    ("expected_rows", LongType(), False),
+    ("actual_rows", LongType(), False),
     (RECORDED_AT, TimestampType(), False),
 )

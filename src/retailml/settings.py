@@ -469,6 +469,18 @@ class MonitorSettings(_Section):
         "retraining; 0.1-0.2 is usually read as a moderate shift, above 0.2 as a large one.",
     )
     psi_bins: int = Field(10, ge=2, description="Quantile bins of the reference distribution.")
+    ignore_features: list[str] = Field(
+        default_factory=lambda: ["tenure_days"],
+        description="Features whose PSI is recorded but never triggers retraining: those that "
+        "shift between cutoffs by construction (a customer's tenure grows with the shop's age; "
+        "on generated M data its PSI is 0.71 with nothing else changed).",
+    )
+    min_rows: int = Field(
+        500,
+        ge=1,
+        description="Fewer rows than this on either side: the PSI is recorded but does not "
+        "trigger retraining (on a hundred customers sampling noise alone gives PSI 0.2-0.5).",
+    )
 
 
 class ReportSettings(_Section):

@@ -20,6 +20,7 @@ SERVED_VERSION = "served_version"  # the recommender version that wrote the gold
 HOLDOUT_CUTOFF = "holdout_cutoff"
 TRAIN_CUTOFFS = "train_cutoffs"
 HOLDOUT_ROC_AUC = "holdout_roc_auc"  # on a model version
+RETRAIN_REASON = "retrain_reason"  # on a training run: why it retrained
 FAMILY = "family"  # also a param of each family's run
 IMPLEMENTATION = "implementation"
 

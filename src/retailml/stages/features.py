@@ -34,6 +34,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, StringType, StructField, StructType
 
+from retailml import lineage
 from retailml import schemas as S
 from retailml.errors import InputError
 from retailml.lakehouse import Lakehouse
@@ -424,14 +425,26 @@ def build_features(
     )
 
 
-def run(settings: Settings, spark: SparkSession) -> FeaturesResult:
-    """Rebuild ``silver.customer_features`` from ``silver.transactions`` (overwrite; idempotent).
+def run(settings: Settings, spark: SparkSession) -> FeaturesResult | lineage.UpToDate:
+    """Rebuild ``silver.customer_features`` from ``silver.transactions`` (overwrite; idempotent),
+    unless neither it nor the settings changed since the last build.
 
     Raises:
         InputError: ``silver.transactions`` is empty or spans too few days for the configured
             horizon, number of training cutoffs and their spacing.
     """
     lake = Lakehouse(settings, spark)
+    return lineage.unless_up_to_date(
+        lake,
+        "features",
+        lambda: _build(lake, settings),
+        tables=["silver.transactions"],
+        outputs=["silver.customer_features"],
+        config=[settings.features],
+    )
+
+
+def _build(lake: Lakehouse, settings: Settings) -> FeaturesResult:
     transactions = lake.read("silver.transactions")
     span = transactions.agg(
         F.min(_utc_day(S.EVENT_TIME)).alias("first"), F.max(_utc_day(S.EVENT_TIME)).alias("last")

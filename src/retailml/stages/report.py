@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from retailml import lineage
 from retailml import schemas as S
 from retailml.errors import RetailmlError
 from retailml.lakehouse import TABLES, Lakehouse
@@ -552,8 +553,23 @@ def log_to_mlflow(client: MlflowClient, experiment_id: str, data: D.ReportData, 
     return run_id
 
 
-def run(settings: Settings, spark: SparkSession, *, run_id: str | None = None) -> ReportResult:
-    """Gather, render and write the report of a workflow run, and log it to MLflow.
+# What a report shows; when none of it changed and every task of the run succeeded, a new
+# page would repeat the last one.
+REPORTED = (
+    "silver.transactions",
+    "silver.customer_features",
+    "gold.purchase_propensity",
+    "gold.recommendations",
+    "ops.quality",
+    "ops.drift",
+)
+
+
+def run(
+    settings: Settings, spark: SparkSession, *, run_id: str | None = None
+) -> ReportResult | lineage.UpToDate:
+    """Gather, render and write the report of a workflow run, and log it to MLflow — unless
+    every task of the run succeeded and nothing the report shows changed since the last one.
 
     Args:
         run_id: The workflow run the page is about; the newest run in the history when None
@@ -564,9 +580,35 @@ def run(settings: Settings, spark: SparkSession, *, run_id: str | None = None) -
         newest = history.runs(1)
         run_id = newest[0].run_id if newest else new_run_id()
     client = tracking.configure(settings)
+    lake = Lakehouse(settings, spark)
+    models = {
+        name: int(registry.champion_version(client, name) or -1)
+        for name in (settings.train.model_name, settings.recommend.model_name)
+    }
+    now = lineage.inputs(lake, "report", REPORTED, config=[settings.report], models=models)
+    try:
+        entries, _ = timeline(history, run_id, current="report")
+        clean_run = all(e.status == S.SUCCEEDED for e in entries if e.task != "report")
+    except RetailmlError:  # a report of no recorded run
+        clean_run = True
+    if clean_run and lineage.up_to_date(lake, now, []):
+        return lineage.UpToDate("report", now.describe())
+    result = _report(settings, spark, lake, history, client, run_id)
+    lineage.record(lake, now)
+    return result
+
+
+def _report(
+    settings: Settings,
+    spark: SparkSession,
+    lake: Lakehouse,
+    history: History,
+    client: MlflowClient,
+    run_id: str,
+) -> ReportResult:
     started = time.monotonic()
     data = gather(
-        Lakehouse(settings, spark),
+        lake,
         history,
         client,
         run_id=run_id,

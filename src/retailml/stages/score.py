@@ -22,10 +22,11 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from retailml import lineage
 from retailml import schemas as S
 from retailml.errors import RetailmlError
 from retailml.lakehouse import Lakehouse
-from retailml.ml import registry, tracking
+from retailml.ml import drift, registry, tracking
 from retailml.ml.propensity import SCORE, Platt, calibrated, fit_platt, score_column
 from retailml.settings import Settings
 
@@ -42,6 +43,8 @@ class ScoreResult:
     horizon_days: int = 0
     platt: Platt = field(default_factory=Platt)
     calibration_cutoff: date | None = None
+    score_psi: tuple[date, float] | None = None  # (previous as-of date, PSI against it)
+    psi_threshold: float = 0.2
 
     def headline(self) -> str:
         return (
@@ -58,6 +61,12 @@ class ScoreResult:
             f"expected buyers {self.as_of} .. {end}: {self.expected_buyers:,.0f} "
             f"({self.expected_buyers / max(self.customers, 1):.1%} of the customers); "
             f"calibrated {on}: slope {self.platt.slope:.3f}, intercept {self.platt.intercept:.3f}",
+        ]
+        if self.score_psi is not None:
+            previous, value = self.score_psi
+            shifted = "DRIFT: the next run retrains" if value > self.psi_threshold else "stable"
+            lines.append(f"score PSI against {previous}: {value:.3f} ({shifted})")
+        lines += [
             "top predicted buyers:",
             f"  {'rank':>4}  {'customer':<12} {'probability':>11}",
         ]
@@ -128,6 +137,14 @@ def top_buyers(
     )
 
 
+# Every writer of gold.purchase_propensity is held to these (Delta CHECK constraints).
+CONSTRAINTS = {
+    "probability_in_unit_interval": f"{S.PROBABILITY} BETWEEN 0 AND 1",
+    "decile_1_to_10": f"{S.DECILE} BETWEEN 1 AND 10",
+    "rank_from_1": f"{S.RANK} >= 1",
+}
+
+
 def load_champion(client: MlflowClient, name: str) -> tuple[PipelineModel, str]:
     """The champion model ``name`` and its version, loaded through the registry alias.
 
@@ -143,9 +160,24 @@ def load_champion(client: MlflowClient, name: str) -> tuple[PipelineModel, str]:
     return mlflow.spark.load_model(f"models:/{name}@{registry.CHAMPION}"), version
 
 
-def run(settings: Settings, spark: SparkSession) -> ScoreResult:
-    """Score the latest cutoff with the champion and write the gold tables."""
+def run(settings: Settings, spark: SparkSession) -> ScoreResult | lineage.UpToDate:
+    """Score the latest cutoff with the champion and write the gold tables, unless neither the
+    features, the customers, the champion nor the settings changed since the last scoring."""
     lake = Lakehouse(settings, spark)
+    client = tracking.configure(settings)
+    champion = registry.champion_version(client, settings.train.model_name)
+    return lineage.unless_up_to_date(
+        lake,
+        "score",
+        lambda: _score(lake, settings),
+        tables=["silver.customer_features", "silver.customers"],
+        outputs=["gold.purchase_propensity", "gold.top_buyers"],
+        config=[settings.score, settings.train.model_name, settings.features.horizon_days],
+        models={f"{settings.train.model_name}@champion": int(champion or -1)},
+    )
+
+
+def _score(lake: Lakehouse, settings: Settings) -> ScoreResult:
     table = lake.read("silver.customer_features")
     features = table.where(F.col(S.SPLIT) == S.SCORE)
     model, version = load_champion(tracking.configure(settings), settings.train.model_name)
@@ -169,8 +201,11 @@ def run(settings: Settings, spark: SparkSession) -> ScoreResult:
         model, features, model_name=settings.train.model_name, model_version=version, platt=platt
     )
     lake.replace_where("gold.purchase_propensity", propensity, f"{S.AS_OF_DATE} = '{as_of}'")
+    lake.add_constraints("gold.purchase_propensity", CONSTRAINTS)
 
-    written = lake.read("gold.purchase_propensity").where(F.col(S.AS_OF_DATE) == F.lit(as_of))
+    gold = lake.read("gold.purchase_propensity")
+    written = gold.where(F.col(S.AS_OF_DATE) == F.lit(as_of))
+    score_psi = _score_drift(lake, gold, written, as_of, bins=settings.monitor.psi_bins)
     lake.overwrite(
         "gold.top_buyers",
         top_buyers(written, features, lake.read("silver.customers"), n=settings.score.top_n),
@@ -189,4 +224,24 @@ def run(settings: Settings, spark: SparkSession) -> ScoreResult:
         horizon_days=settings.features.horizon_days,
         platt=platt,
         calibration_cutoff=calibration_cutoff,
+        score_psi=score_psi,
+        psi_threshold=settings.monitor.psi_threshold,
     )
+
+
+def _score_drift(
+    lake: Lakehouse, gold: DataFrame, written: DataFrame, as_of: date, *, bins: int
+) -> tuple[date, float] | None:
+    """The PSI of this scoring's probabilities against the previous as-of date's, recorded in
+    ``ops.drift``; None for the first scoring, and when the previous one was by another model
+    version (a new champion shifts the scores by design)."""
+    row = gold.where(F.col(S.AS_OF_DATE) < F.lit(as_of)).agg(F.max(S.AS_OF_DATE)).first()
+    if row is None or row[0] is None:
+        return None
+    previous = gold.where(F.col(S.AS_OF_DATE) == F.lit(row[0]))
+    versions = {r[0] for r in previous.select(S.MODEL_VERSION).distinct().collect()}
+    if versions != {r[0] for r in written.select(S.MODEL_VERSION).distinct().collect()}:
+        return None
+    found = drift.psi(previous, written, [S.PROBABILITY], bins=bins)
+    drift.record(lake, as_of, drift.SCORE_VS_PREVIOUS, row[0], found)
+    return row[0], found.values[S.PROBABILITY]

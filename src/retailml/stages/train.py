@@ -24,12 +24,14 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.spark
+from mlflow.exceptions import MlflowException
 from pyspark import inheritable_thread_target
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
@@ -42,11 +44,12 @@ from pyspark.ml.tuning import (
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from retailml import lineage
 from retailml import schemas as S
 from retailml.errors import RetailmlError
 from retailml.lakehouse import Lakehouse
+from retailml.ml import drift, registry, tracking
 from retailml.ml import names as N
-from retailml.ml import registry, tracking
 from retailml.ml.metrics import BinaryMetrics, Curves, binary_metrics, curves
 from retailml.ml.models import log_spark_model, register_and_gate
 from retailml.ml.propensity import (
@@ -93,6 +96,7 @@ class TrainResult:
     holdout_cutoff: str
     train_rows: int
     holdout_rows: int
+    retrain_reason: str = ""
 
     def headline(self) -> str:
         best = max(self.families, key=lambda r: r.holdout.roc_auc)
@@ -100,7 +104,8 @@ class TrainResult:
         return f"best {best.family} ROC-AUC {best.holdout.roc_auc:.4f}, {verdict}"
 
     def summary(self) -> list[str]:
-        lines = [
+        lines = [f"retrained: {self.retrain_reason}"] if self.retrain_reason else []
+        lines += [
             f"{self.train_rows:,} training rows; held-out cutoff {self.holdout_cutoff} "
             f"({self.holdout_rows:,} customers)",
             f"{'model':<22} {'ROC-AUC':>8} {'PR-AUC':>8} {'lift@10%':>9} {'Brier':>7} "
@@ -382,10 +387,145 @@ def check_labels(
             )
 
 
-def run(settings: Settings, spark: SparkSession) -> TrainResult:
-    """Train every configured family, pick the challenger, apply the champion gate."""
+@dataclass(frozen=True)
+class ChampionKept:
+    """Training was not needed: what was checked, and the champion that stays."""
+
+    version: str
+    checks: list[str]
+
+    def headline(self) -> str:
+        return f"no retraining needed; champion version {self.version} kept"
+
+    def summary(self) -> list[str]:
+        return [f"no retraining needed; champion version {self.version} kept:"] + [
+            f"  {c}" for c in self.checks
+        ]
+
+
+@dataclass(frozen=True)
+class Need:
+    """Whether to retrain (``reason`` None: no) and the figures the decision looked at."""
+
+    reason: str | None
+    checks: list[str]
+
+
+def run(settings: Settings, spark: SparkSession) -> TrainResult | ChampionKept | lineage.UpToDate:
+    """Record the features' drift, then train every configured family, pick the challenger and
+    apply the champion gate — when retraining is needed (:func:`retrain_need`).
+
+    Nothing is done when neither the features nor the settings changed since the last time
+    (unless ``workflow.retrain``).
+    """
     lake = Lakehouse(settings, spark)
+    now = lineage.inputs(
+        lake,
+        "train",
+        ["silver.customer_features"],
+        config=[settings.train, settings.features, settings.seed],
+    )
+    if not settings.workflow.retrain and lineage.up_to_date(lake, now, []):
+        return lineage.UpToDate("train", now.describe())
     features = lake.read("silver.customer_features")
+    feature_psi = feature_drift(lake, features, bins=settings.monitor.psi_bins)
+    need = retrain_need(lake, settings, now, features, feature_psi)
+    result: TrainResult | ChampionKept
+    if need.reason is None:
+        client = tracking.configure(settings)
+        version = registry.champion_version(client, settings.train.model_name) or "-"
+        result = ChampionKept(version, need.checks)
+    else:
+        result = _train(lake, settings, features, need.reason, feature_psi)
+    lineage.record(lake, now)
+    return result
+
+
+def feature_drift(lake: Lakehouse, features: DataFrame, *, bins: int) -> drift.Drift:
+    """The PSI of every feature at the scoring cutoff against the newest training cutoff,
+    recorded in ``ops.drift`` (no values without both cutoffs)."""
+    row = features.agg(
+        F.max(F.when(F.col(S.SPLIT) == S.TRAIN, F.col(S.CUTOFF_DATE))).alias("train"),
+        F.max(F.when(F.col(S.SPLIT) == S.SCORE, F.col(S.CUTOFF_DATE))).alias("score"),
+    ).first()
+    if row is None or row["train"] is None or row["score"] is None:
+        return drift.Drift({}, 0, 0)
+
+    def at(split: str, cutoff: Any) -> DataFrame:
+        return features.where((F.col(S.SPLIT) == split) & (F.col(S.CUTOFF_DATE) == cutoff))
+
+    found = drift.psi(
+        at(S.TRAIN, row["train"]), at(S.SCORE, row["score"]), S.FEATURE_COLUMNS, bins=bins
+    )
+    drift.record(lake, row["score"], drift.TRAIN_VS_SCORE, row["train"], found)
+    return found
+
+
+def retrain_need(
+    lake: Lakehouse,
+    settings: Settings,
+    now: lineage.Inputs,
+    features: DataFrame,
+    feature_psi: drift.Drift,
+) -> Need:
+    """Whether the propensity models must be retrained, checked in this order: asked
+    (``workflow.retrain``); no champion; the training settings changed; the champion is older
+    than ``train.max_champion_age_days``; a feature's PSI (this run; ``monitor.ignore_features``
+    and sides under ``monitor.min_rows`` rows aside) or the score's (the newest scoring under
+    this champion against the one before) is above ``monitor.psi_threshold``; the champion's
+    ROC-AUC on the newest labelled cutoff is more than ``train.max_auc_drop`` below the one it
+    was promoted with. The first that holds is the reason."""
+    cfg, monitor = settings.train, settings.monitor
+    limit = monitor.psi_threshold
+    if settings.workflow.retrain:
+        return Need("asked (--retrain)", [])
+    client = tracking.configure(settings)
+    try:
+        champion = client.get_model_version_by_alias(cfg.model_name, registry.CHAMPION)
+    except MlflowException:
+        return Need("no champion yet", [])
+    last = lineage.last(lake, "train")
+    if last is None or last.settings_hash != now.settings_hash:
+        return Need("the training settings changed (or were never recorded)", [])
+    checks = []
+    age = (time.time() * 1000 - int(champion.creation_timestamp)) / 86_400_000
+    oldest = cfg.max_champion_age_days
+    checks.append(f"champion age {age:.1f} days (limit {oldest})")
+    if age > oldest:
+        return Need(f"the champion is {age:.0f} days old (limit {oldest})", checks)
+    # Only scorings after the champion was registered: a drift it was trained after is not news.
+    registered = datetime.fromtimestamp(int(champion.creation_timestamp) / 1000, tz=UTC)
+    score_psi = drift.latest(lake, drift.SCORE_VS_PREVIOUS, since=registered.replace(tzinfo=None))
+    for what, found in (("feature", feature_psi), ("score", score_psi)):
+        worst = found.worst(ignore=monitor.ignore_features, min_rows=monitor.min_rows)
+        if worst is not None:
+            name, value = worst
+            checks.append(f"largest {what} PSI {value:.3f} ({name}; limit {limit:g})")
+            if value > limit:
+                return Need(f"{what} drift: {name} PSI {value:.3f} > {limit:g}", checks)
+    promoted_with = champion.tags.get(N.HOLDOUT_ROC_AUC)
+    newest = features.where(F.col(S.SPLIT) == S.HOLDOUT)
+    cutoff = newest.agg(F.max(S.CUTOFF_DATE)).first()
+    if promoted_with is not None and cutoff is not None and cutoff[0] is not None:
+        auc = measure_champion(cfg.model_name, newest.where(F.col(S.CUTOFF_DATE) == cutoff[0]))
+        drop = float(promoted_with) - auc
+        checks.append(
+            f"champion ROC-AUC {auc:.4f} on {cutoff[0]} (promoted with {float(promoted_with):.4f}; "
+            f"limit drop {cfg.max_auc_drop:g})"
+        )
+        if drop > cfg.max_auc_drop:
+            return Need(f"the champion's ROC-AUC fell by {drop:.4f} to {auc:.4f}", checks)
+    return Need(None, checks)
+
+
+def _train(
+    lake: Lakehouse,
+    settings: Settings,
+    features: DataFrame,
+    reason: str,
+    feature_psi: drift.Drift,
+) -> TrainResult:
+    """Train every configured family, pick the challenger, apply the champion gate."""
     cfg = settings.train
     # One small aggregation: rows, positive rate and cutoff dates per split.
     splits = {
@@ -453,6 +593,8 @@ def run(settings: Settings, spark: SparkSession) -> TrainResult:
             tracking.log_table_inputs(
                 lake, ["silver.customer_features", "silver.transactions"], context="training"
             )
+            mlflow.set_tag(N.RETRAIN_REASON, reason)
+            mlflow.log_metrics({f"psi_{name}": v for name, v in feature_psi.values.items()})
             results = [
                 train_family(
                     f,
@@ -500,5 +642,12 @@ def run(settings: Settings, spark: SparkSession) -> TrainResult:
         holdout.unpersist()
         calibration.unpersist()
     return TrainResult(
-        results, best.family, decision, parent.info.run_id, holdout_cutoff, train_rows, holdout_rows
+        results,
+        best.family,
+        decision,
+        parent.info.run_id,
+        holdout_cutoff,
+        train_rows,
+        holdout_rows,
+        retrain_reason=reason,
     )

@@ -18,6 +18,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from retailml import lineage
 from retailml import schemas as S
 from retailml.errors import RetailmlError
 from retailml.lakehouse import Lakehouse
@@ -192,7 +193,32 @@ class _Inputs:
         return self.products.select(S.PRODUCT_ID, S.CATEGORY)
 
 
-def run(settings: Settings, spark: SparkSession) -> RecommendResult | PopularOnlyResult:
+# Every writer of gold.recommendations is held to these (Delta CHECK constraints). The rank's
+# upper bound is recommend.k, a setting, so it is not a constraint: a smaller k would be
+# refused by the rows of earlier as-of dates.
+CONSTRAINTS = {
+    "rank_from_1": f"{S.RANK} >= 1",
+    "list_is_known": f"{S.LIST} IN ('{S.FOR_YOU}', '{S.DISCOVER}')",
+}
+
+
+def run(
+    settings: Settings, spark: SparkSession
+) -> RecommendResult | PopularOnlyResult | lineage.UpToDate:
+    """:func:`recommend`, unless neither its input tables nor the settings changed since the
+    last run."""
+    lake = Lakehouse(settings, spark)
+    return lineage.unless_up_to_date(
+        lake,
+        "recommend",
+        lambda: recommend(settings, spark),
+        tables=["silver.transactions", "silver.customers", "silver.products"],
+        outputs=["gold.recommendations"],
+        config=[settings.recommend, settings.seed],
+    )
+
+
+def recommend(settings: Settings, spark: SparkSession) -> RecommendResult | PopularOnlyResult:
     """Tune ALS and the repeat half-life, train and measure the rankers against every generator,
     register the two-stage recommender, write both lists of ``gold.recommendations``.
 
@@ -457,6 +483,7 @@ def _serve(
         gold_rows(recommendations, inputs.products, as_of=as_of, model_version=version),
         f"{S.AS_OF_DATE} = '{as_of.isoformat()}'",
     )
+    lake.add_constraints("gold.recommendations", CONSTRAINTS)
     mlflow.log_metric("write_seconds", time.monotonic() - started)
     return version, _rows_by_source(lake, as_of)
 
