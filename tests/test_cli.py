@@ -179,25 +179,51 @@ def test_run_end_to_end_on_generated_data(
     assert detail.exit_code == 0, detail.output
     assert all(task in detail.output for task in TASK_ORDER)
 
-    # A second run reuses the data and leaves the same tables (no duplicates).
-    again = CliRunner().invoke(cli, ["run", "--from", "clean"])
-    assert again.exit_code == 0, again.output
-    assert "generated lines" not in again.output  # ingest is upstream of --from clean
-
     def tables(output: str) -> str:
         lines = output.split("tables:")[1].split("MLflow:")[0].splitlines()
         return "\n".join(ln for ln in lines if ln.strip() and not ln.split()[0].startswith("ops."))
 
-    assert tables(again.output) == tables(out)
-    assert "champion kept" in again.output
-    listing = CliRunner().invoke(cli, ["tables"])
-    assert f"{counts['silver.transactions']:,}" in listing.output
-    # Each run wrote silver.transactions once: its history, newest first, with the rows written.
+    # Day 2: one new file (new invoices of the last month): only it is read and MERGEd.
+    files = sorted((in_tmp / "data" / "transactions").glob("*.csv"))
+    header, *rows = files[-1].read_text(encoding="utf-8").splitlines()
+    (files[-1].parent / "new.csv").write_text(
+        "\n".join([header, *(f"N{r}" for r in rows)]) + "\n", encoding="utf-8"
+    )
+    day2 = CliRunner().invoke(cli, ["run"])
+    assert day2.exit_code == 0, day2.output
+    assert f"{len(files)} files unchanged since their last ingest: not read" in day2.output
+    assert "merged the rows of 1 new or changed files" in day2.output
+    assert "retrained: " in day2.output or "no retraining needed" in day2.output
+    assert tables(day2.output) != tables(out)
+
+    # Day 3: nothing new: every task says so and no table is written.
+    day3 = CliRunner().invoke(cli, ["run"])
+    assert day3.exit_code == 0, day3.output
+    assert "nothing new" in day3.output
+    for task in TASK_ORDER[1:]:
+        assert f"{task}: up to date" in day3.output, task
+    assert tables(day3.output) == tables(day2.output)
+    # silver.transactions: the first run's write and constraint, the second run's MERGE.
     history = CliRunner().invoke(cli, ["tables", "--history", "silver.transactions"])
     assert history.exit_code == 0, history.output
     commits = [ln.split() for ln in history.output.splitlines()[2:]]
-    assert [c[0] for c in commits] == ["1", "0"], history.output
-    assert all(c[3] == "WRITE" for c in commits), history.output
+    assert [(c[0], c[3]) for c in commits] == [("2", "MERGE"), ("1", "ADD"), ("0", "WRITE")]
+
+    # One full ingest and clean over all the files gives the same silver tables.
+    full = CliRunner().invoke(cli, ["run", "--full", "--only", "ingest", "--only", "clean"])
+    assert full.exit_code == 0, full.output
+    listing = CliRunner().invoke(cli, ["tables"])
+    silver = [ln for ln in tables(day2.output).splitlines() if ln.split()[0].startswith("silver.")]
+    assert all(ln in listing.output for ln in silver), (silver, listing.output)
+
+    # Drift above the threshold retrains.
+    shifted = CliRunner().invoke(
+        cli,
+        ["--set", "monitor.psi_threshold=0.0001", "--set", "monitor.min_rows=1", "run",
+         "--only", "train", "--full"],
+    )  # fmt: skip
+    assert shifted.exit_code == 0, shifted.output
+    assert "retrained: feature drift" in shifted.output
     assert f"numOutputRows={counts['silver.transactions']}" in history.output
 
 

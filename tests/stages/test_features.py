@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
+from retailml import lineage
 from retailml import schemas as S
 from retailml.errors import InputError
 from retailml.lakehouse import Lakehouse
@@ -380,7 +381,9 @@ def test_run_writes_splits_and_is_idempotent(tmp_path: Path, spark: SparkSession
         assert first.positive_rate[split] == pytest.approx(sum(labels) / len(labels))
     assert start < min(r[S.CUTOFF_DATE] for r in rows)
 
-    second = features.run(settings, spark)
+    # Nothing changed: nothing is done; redone (--full), the same rows.
+    assert isinstance(features.run(settings, spark), lineage.UpToDate)
+    second = features.run(settings.with_overrides({"workflow.full": True}), spark)
     assert second == first
     assert sorted(lake.read("silver.customer_features").collect()) == sorted(rows)
 

@@ -129,7 +129,11 @@ def test_run_counts_quarantine_and_idempotency(
     versions = {n: lake.version(n) for n in ("bronze.transactions", "bronze.quarantine")}
     # Same files again: nothing is read or written.
     again = ingest.run(settings, spark, source=str(src))
-    assert (again.files, again.unchanged, again.headline()) == (0, 2, "nothing new (2 files unchanged)")
+    assert (again.files, again.unchanged, again.headline()) == (
+        0,
+        2,
+        "nothing new (2 files unchanged)",
+    )
     assert {n: lake.version(n) for n in versions} == versions
     # --full reads them again, and replaces their rows: nothing is added.
     full = settings.with_overrides({"workflow.full": True})

@@ -13,6 +13,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
+from retailml import lineage
 from retailml import schemas as S
 from retailml.errors import InputError, RetailmlError
 from retailml.lakehouse import Lakehouse
@@ -498,8 +499,11 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     ):
         assert metric in parent.data.metrics, metric
 
-    # Same data, same as-of date: the champion stays and the rows are the same, not doubled.
-    second = recommend.run(settings, spark)
+    # Same data, same as-of date: nothing is done unless asked (--full); then the champion
+    # stays and the rows are the same, not doubled.
+    assert isinstance(recommend.run(settings, spark), lineage.UpToDate)
+    second = recommend.run(settings.with_overrides({"workflow.full": True}), spark)
+    assert isinstance(second, recommend.RecommendResult)
     assert not second.decision.promoted and second.model_version == first.model_version
     again = lake.read("gold.recommendations").collect()
     assert sorted(again) == sorted(rows)

@@ -104,7 +104,7 @@ def test_scores_through_the_alias_idempotently(
         S.AS_OF_DATE, F.lit(date(2011, 11, 10))
     )
     lake.append("gold.purchase_propensity", older)
-    score.run(settings, spark)
+    score.run(settings.with_overrides({"workflow.full": True}), spark)
     counts = {
         r[0]: r[1]
         for r in lake.read("gold.purchase_propensity").groupBy(S.AS_OF_DATE).count().collect()

@@ -8,6 +8,7 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from retailml import lineage
 from retailml import schemas as S
 from retailml.generate import generate_data
 from retailml.lakehouse import Lakehouse
@@ -134,8 +135,11 @@ def test_train_end_to_end_logs_to_mlflow_and_gates(tmp_path: Path, spark: SparkS
     model = mlflow.spark.load_model(f"models:/{name}@{registry.CHAMPION}")
     assert model.transform(features.where("split = 'score'")).count() > 0
 
-    # Nothing changed: the re-run registers a version but the alias stays.
-    second = train.run(settings, spark)
+    # Nothing changed: nothing is done; asked to retrain, it registers a version but the
+    # alias stays.
+    assert isinstance(train.run(settings, spark), lineage.UpToDate)
+    second = train.run(settings.with_overrides({"workflow.retrain": True}), spark)
+    assert isinstance(second, train.TrainResult) and second.retrain_reason == "asked (--retrain)"
     assert not second.decision.promoted
     assert str(client.get_model_version_by_alias(name, registry.CHAMPION).version) == str(
         champion.version
