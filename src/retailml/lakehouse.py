@@ -118,14 +118,16 @@ TABLES: dict[str, TableSpec] = {
         TableSpec(
             "ops.quality",
             S.QUALITY_CHECKS,
-            "ingest",
-            "every data-quality gate of every batch: value, threshold, fail or warn, passed",
+            "run",
+            "every data-quality gate of every batch (ingest, clean): value, threshold, action, "
+            "passed",
         ),
         TableSpec(
             "ops.drift",
             S.DRIFT,
-            "train",
-            "population stability index of every feature and of the score, per as-of date",
+            "run",
+            "population stability index of every feature (train) and of the score (score), "
+            "per as-of date",
         ),
     )
 }

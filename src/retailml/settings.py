@@ -15,16 +15,16 @@ from __future__ import annotations
 import codecs
 import json
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from retailml.errors import SettingsError
+from retailml.line_kinds import DEFAULT_LINE_KINDS, LineKindRule
 
 ENV_PREFIX = "RETAILML_"
 # What pandas, databases and spreadsheets write for a missing value.
@@ -158,62 +158,6 @@ class IngestSettings(_Section):
             except LookupError:
                 raise ValueError(f"unknown encoding {value!r}") from None
         return value
-
-
-class LineKindRule(_Section):
-    """Which source lines are of one kind. Codes and invoice patterns are tried for every rule
-    before any description pattern (descriptions are the fallback). Patterns are regular
-    expressions matched against the whole value; all matching ignores case."""
-
-    kind: str = Field(min_length=1, pattern=r"^[a-z_]+$")
-    codes: list[str] = Field(default_factory=list, description="Exact product codes.")
-    code_patterns: list[str] = Field(default_factory=list)
-    invoice_patterns: list[str] = Field(default_factory=list)
-    descriptions: list[str] = Field(default_factory=list, description="Description patterns.")
-
-    @field_validator("code_patterns", "invoice_patterns", "descriptions")
-    @classmethod
-    def _valid_patterns(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {value!r} ({exc})") from None
-        return values
-
-
-# The UCI Online Retail conventions (and the usual words for such lines elsewhere).
-DEFAULT_LINE_KINDS = (
-    LineKindRule(
-        kind="postage",
-        codes=["POST", "DOT", "C2"],
-        descriptions=[
-            r"(dotcom )?postage( charges?)?",
-            r"carriage",
-            r"(delivery|shipping)( charges?| costs?| fees?)?",
-        ],
-    ),
-    LineKindRule(
-        kind="fee",
-        codes=["BANK CHARGES", "AMAZONFEE", "CRUK"],
-        descriptions=[r"bank charges?", r"amazon fees?", r".*commission", r".*\bfees?"],
-    ),
-    LineKindRule(kind="discount", codes=["D"], descriptions=[r"discount"]),
-    LineKindRule(kind="manual", codes=["M"], descriptions=[r"manual"]),
-    LineKindRule(
-        kind="adjustment",
-        codes=["B", "ADJUST", "ADJUST2"],
-        invoice_patterns=[r"A\d+"],
-        descriptions=[r"adjust(ment)?\b.*", r".*bad debt.*"],
-    ),
-    LineKindRule(
-        kind="voucher",
-        code_patterns=[r"gift_\d+_\d+"],
-        descriptions=[r".*gift (voucher|certificate)s?\b.*"],
-    ),
-    LineKindRule(kind="sample", codes=["S"], descriptions=[r"samples?"]),
-    LineKindRule(kind="other", codes=["PADS"], code_patterns=[r"TEST\d+"]),
-)
 
 
 class CleanSettings(_Section):
@@ -407,15 +351,8 @@ class WorkflowSettings(_Section):
 
 Gate = Literal["quarantine_share", "missing_customer_share", "bad_price_share",
                "unknown_product_share", "batch_rows_ratio"]  # fmt: skip
-GATES: tuple[Gate, ...] = (
-    "quarantine_share",
-    "missing_customer_share",
-    "bad_price_share",
-    "unknown_product_share",
-    "batch_rows_ratio",
-)
-
-
+GATES: tuple[Gate, ...] = get_args(Gate)
+Share = Annotated[float, Field(ge=0, le=1)]
 _WARN_ONLY: tuple[Gate, ...] = ("unknown_product_share", "batch_rows_ratio")
 
 
@@ -425,26 +362,20 @@ class QualitySettings(_Section):
     A breached gate fails the task (nothing of the batch reaches silver) unless it is listed in
     ``warn``, when it is printed and recorded only. Every figure goes to ``ops.quality``."""
 
-    max_quarantine_share: float = Field(
-        0.10, ge=0, le=1, description="Quarantined rows / input rows of the batch (ingest)."
+    max_quarantine_share: Share = Field(
+        0.10, description="Quarantined rows / input rows of the batch (ingest)."
     )
-    max_missing_customer_share: float = Field(
+    max_missing_customer_share: Share = Field(
         0.50,
-        ge=0,
-        le=1,
         description="Purchase lines without a customer id / purchase lines (clean; the UCI "
         "workbook has about 25%).",
     )
-    max_bad_price_share: float = Field(
+    max_bad_price_share: Share = Field(
         0.05,
-        ge=0,
-        le=1,
         description="Product lines with a zero or negative unit price / product lines (clean).",
     )
-    max_unknown_product_share: float = Field(
+    max_unknown_product_share: Share = Field(
         0.50,
-        ge=0,
-        le=1,
         description="Product lines of products silver has never seen / product lines (clean; "
         "not checked on the first batch).",
     )

@@ -7,7 +7,8 @@ from pyspark.sql import DataFrame, SparkSession
 from retailml import lineage
 from retailml import schemas as S
 from retailml.lakehouse import Lakehouse
-from retailml.settings import LineKindRule, Settings
+from retailml.line_kinds import LineKindRule
+from retailml.settings import Settings
 from retailml.stages import clean
 
 T0 = datetime(2010, 1, 4, 10, 0)

@@ -47,7 +47,8 @@ from retailml import lineage
 from retailml import quality as Q
 from retailml import schemas as S
 from retailml.lakehouse import Lakehouse
-from retailml.settings import DEFAULT_LINE_KINDS, Gate, LineKindRule, QualitySettings, Settings
+from retailml.line_kinds import DEFAULT_LINE_KINDS, LineKindRule
+from retailml.settings import Gate, QualitySettings, Settings
 
 OUTPUTS = ("silver.transactions", "silver.products", "silver.customers")
 CONSTRAINTS = {"quantity_not_zero": f"{S.QUANTITY} <> 0"}

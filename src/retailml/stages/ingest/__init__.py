@@ -80,7 +80,6 @@ __all__ = [
 # INT64 (TIMESTAMP(NANOS,false))") unless told to read them as longs; they are then epoch
 # nanoseconds, which the canonical parse reads by magnitude.
 _NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
-FILES = "ops.ingested_files"
 
 
 @dataclass(frozen=True)
@@ -289,7 +288,9 @@ def plan_batch(
     modification time are as recorded is unchanged without being read; one whose time alone
     changed (copied, touched) is hashed, and unchanged if its content hash is as recorded."""
     how = settings_hash(cfg.model_copy(update={"source": None}))
-    known = {r[S.PATH]: r for r in lake.read(FILES).collect()} if lake.exists(FILES) else {}
+    known = {}
+    if lake.exists("ops.ingested_files"):
+        known = {r[S.PATH]: r for r in lake.read("ops.ingested_files").collect()}
     stamps = file_stamps(lake.spark, files)
     read, unchanged, hashes = [], [], {}
     for path in files:
@@ -432,4 +433,4 @@ def _record_files(
     frame = lake.spark.createDataFrame(rows, written).withColumn(
         S.INGESTED_AT, F.current_timestamp()
     )
-    lake.merge(FILES, frame, [S.PATH])
+    lake.merge("ops.ingested_files", frame, [S.PATH])
