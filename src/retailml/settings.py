@@ -221,12 +221,6 @@ class TrainSettings(_Section):
     )
     experiment: str = "retailml-propensity"
     model_name: str = "retailml-propensity"
-    max_champion_age_days: int = Field(
-        30,
-        ge=0,
-        description="Retrain when the champion was registered more than this many days ago "
-        "(0: every time the features change).",
-    )
     max_auc_drop: float = Field(
         0.02,
         ge=0,
@@ -326,8 +320,14 @@ class WorkflowSettings(_Section):
     )
     retrain: bool = Field(
         False,
-        description="Retrain the propensity models even when no retraining rule asks for it "
+        description="Retrain the models even when no retraining rule asks for it "
         "(`retailml run --retrain`).",
+    )
+    max_champion_age_days: int = Field(
+        30,
+        ge=0,
+        description="Retrain a model (propensity or recommender) when its champion was "
+        "registered more than this many days ago (0: whenever its inputs change).",
     )
 
     schedule_cron: str = Field(

@@ -311,7 +311,7 @@ def test_report_on_an_empty_lake_notes_every_missing_source(
     for task in ("ingest", "clean", "train", "score", "recommend"):
         assert f"run <code>retailml task {task}</code>" in html
     assert html.count("not written") == len(TABLES)
-    assert result.headline() == "out/r-empty/index.html, 0 plots, 9 sections not available"
+    assert result.headline() == "out/r-empty/index.html, 0 plots, 10 sections not available"
     assert result.summary()[0] == f"report: {result.path}"
 
     # Logged to MLflow, and a retried attempt logs to the same run.

@@ -114,6 +114,18 @@ def full_data() -> D.ReportData:
             D.Buyer(1, "C001", 0.97, 3.0, 40.0, 5123.4, "United Kingdom"),
             D.Buyer(2, HOSTILE, 0.95, 5.0, 22.0, 980.0, None),
         ],
+        monitoring=D.Monitoring(
+            gates=[
+                D.GateCheck("ingest", "quarantine_share", 0.002, "≤ 0.1", "fail", True, None),
+                D.GateCheck("clean", "bad_price_share", 0.3, "≤ 0.05", "fail", False, "a.csv"),
+            ],
+            feature_psi={"recency_days": 0.31, "tenure_days": 0.7, "frequency_30": 0.02},
+            feature_psi_dates=(date(2011, 10, 10), date(2011, 12, 9)),
+            score_psi=0.04,
+            psi_threshold=0.2,
+            ignored=["tenure_days"],
+            decisions=["train: retrained: feature drift: recency_days PSI 0.310 > 0.2"],
+        ),
         ranking=D.RankingSummary(
             run_id="rec-1",
             k=5,
@@ -176,8 +188,9 @@ def test_every_section_is_rendered_with_its_plots(rendered: Rendered) -> None:
     assert rendered.sections == D.SECTIONS
     assert rendered.missing == ()
     assert "Not available" not in rendered.html
-    # tables, quarantine, sales, ROC/PR, comparison, importances, gain, scores, ranking, tasks
-    assert rendered.images == 10
+    # tables, quarantine, sales, ROC/PR, comparison, importances, gain, scores, drift, ranking,
+    # tasks
+    assert rendered.images == 11
     assert len(page.images) == rendered.images
 
 
@@ -199,6 +212,11 @@ def test_values_are_escaped(rendered: Rendered) -> None:
 
 def test_content_of_the_sections(rendered: Rendered) -> None:
     html = rendered.html
+    # Gates, drift and the retraining decision.
+    assert "<code>bad_price_share</code>" in html and "breached" in html and "a.csv" in html
+    assert "scoring cutoff 2011-12-09 against training cutoff 2011-10-10" in html
+    assert "tenure_days: recorded only" in html and "previous scoring: 0.040" in html
+    assert "retrained: feature drift: recency_days PSI 0.310 &gt; 0.2" in html
     assert "20111210-060000-ab12" in html and "2011-12-10" in html
     assert "retailml-propensity version 2 (logistic_regression)" in html
     # The champion's row is marked, and only one.
@@ -248,7 +266,7 @@ def test_one_missing_section_among_others() -> None:
     )
     rendered = render_html(data)
     assert rendered.missing == (D.MODELS,)
-    assert rendered.images == 6  # ROC/PR, comparison, importances and gain are gone
+    assert rendered.images == 7  # ROC/PR, comparison, importances and gain are gone
     assert "Not available: no finished run; run <code>retailml task train</code>" in rendered.html
 
 

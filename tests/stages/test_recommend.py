@@ -499,10 +499,15 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     ):
         assert metric in parent.data.metrics, metric
 
-    # Same data, same as-of date: nothing is done unless asked (--full); then the champion
-    # stays and the rows are the same, not doubled.
+    # Same data, same as-of date: nothing is done unless asked. Redone (--full), the champion
+    # serves as it is (nothing asks for retraining): the same rows, not doubled.
     assert isinstance(recommend.run(settings, spark), lineage.UpToDate)
-    second = recommend.run(settings.with_overrides({"workflow.full": True}), spark)
+    served = recommend.run(settings.with_overrides({"workflow.full": True}), spark)
+    assert isinstance(served, recommend.ServedResult), served
+    assert served.model_version == first.model_version
+    assert sorted(lake.read("gold.recommendations").collect()) == sorted(rows)
+    # Asked to retrain: tuned and trained again; the gate keeps the champion.
+    second = recommend.run(settings.with_overrides({"workflow.retrain": True}), spark)
     assert isinstance(second, recommend.RecommendResult)
     assert not second.decision.promoted and second.model_version == first.model_version
     again = lake.read("gold.recommendations").collect()

@@ -72,7 +72,7 @@ def retrain_need(
 ) -> Need:
     """Whether the propensity models must be retrained, checked in this order: asked
     (``workflow.retrain``); no champion; the training settings changed; the champion is older
-    than ``train.max_champion_age_days``; a feature's PSI (this run; ``monitor.ignore_features``
+    than ``workflow.max_champion_age_days``; a feature's PSI (this run; ``monitor.ignore_features``
     and sides under ``monitor.min_rows`` rows aside) or the score's (the newest scoring under
     this champion against the one before) is above ``monitor.psi_threshold``; the champion's
     ROC-AUC on the newest labelled cutoff is more than ``train.max_auc_drop`` below the one it
@@ -91,7 +91,7 @@ def retrain_need(
         return Need("the training settings changed (or were never recorded)", [])
     checks = []
     age = (time.time() * 1000 - int(champion.creation_timestamp)) / 86_400_000
-    oldest = cfg.max_champion_age_days
+    oldest = settings.workflow.max_champion_age_days
     checks.append(f"champion age {age:.1f} days (limit {oldest})")
     if age > oldest:
         return Need(f"the champion is {age:.0f} days old (limit {oldest})", checks)

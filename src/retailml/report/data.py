@@ -20,6 +20,7 @@ SALES = "sales"
 MODELS = "models"
 SCORES = "scores"
 TOP_BUYERS = "top_buyers"
+MONITORING = "monitoring"
 RANKING = "ranking"
 RECOMMENDATIONS = "recommendations"
 TASKS = "tasks"
@@ -31,6 +32,7 @@ SECTIONS = (
     MODELS,
     SCORES,
     TOP_BUYERS,
+    MONITORING,
     RANKING,
     RECOMMENDATIONS,
     TASKS,
@@ -43,6 +45,7 @@ TITLES = {
     MODELS: "Propensity models",
     SCORES: "Scores",
     TOP_BUYERS: "Top buyers",
+    MONITORING: "Data quality and drift",
     RANKING: "Recommender: ALS vs popularity",
     RECOMMENDATIONS: "Sample recommendations",
     TASKS: "Workflow tasks",
@@ -193,6 +196,33 @@ class TaskTiming:
 
 
 @dataclass(frozen=True)
+class GateCheck:
+    """One data-quality gate of the newest batch a stage checked (``ops.quality``)."""
+
+    stage: str
+    gate: str
+    value: float | None
+    threshold: str
+    action: str  # fail | warn
+    passed: bool
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """The newest gates per stage, the newest drift (PSI) per comparison, and what this run
+    decided about retraining (the train and recommend tasks' own lines)."""
+
+    gates: list[GateCheck]
+    feature_psi: dict[str, float]  # feature → PSI, scoring cutoff against training cutoff
+    feature_psi_dates: tuple[date, date] | None  # (training cutoff, scoring cutoff)
+    score_psi: float | None  # the newest scoring against the one before (same champion)
+    psi_threshold: float
+    ignored: list[str]  # features whose PSI never triggers retraining
+    decisions: list[str]
+
+
+@dataclass(frozen=True)
 class ReportData:
     """Everything the report shows; see the module docstring."""
 
@@ -207,6 +237,7 @@ class ReportData:
     models: ModelsSummary | None = None
     scores: ScoreHistogram | None = None
     top_buyers: list[Buyer] | None = None
+    monitoring: Monitoring | None = None
     ranking: RankingSummary | None = None
     recommendations: list[CustomerRecommendations] | None = None
     tasks: list[TaskTiming] | None = None

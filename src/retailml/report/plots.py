@@ -99,6 +99,27 @@ def quarantine_reasons(reasons: Mapping[str, int]) -> bytes:
         return _png(fig)
 
 
+def psi_bars(
+    values: Mapping[str, float], *, threshold: float, ignored: Sequence[str] = ()
+) -> bytes:
+    """Horizontal bars of each feature's population stability index, largest first, with the
+    retraining threshold as a line; features that never trigger are grey."""
+    items = sorted(values.items(), key=lambda kv: -kv[1])
+    with _figure(height=1.2 + 0.28 * len(items)) as (fig, ax):
+        bar_colors = [
+            OTHER_COLOR if name in ignored else ("#b03a3e" if v > threshold else colors(1)[0])
+            for name, v in items
+        ]
+        ax.barh([n for n, _ in items], [v for _, v in items], color=bar_colors)
+        ax.invert_yaxis()
+        ax.axvline(threshold, color="#b03a3e", linestyle="--", linewidth=1)
+        for y, (_, v) in enumerate(items):
+            ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
+        ax.set_xlim(0, max([threshold, *(v for _, v in items)]) * 1.2)
+        ax.set(title="Feature drift: PSI, scoring cutoff against training cutoff", xlabel="PSI")
+        return _png(fig)
+
+
 def weekly_sales(
     weeks: Sequence[date],
     revenue: Sequence[float],

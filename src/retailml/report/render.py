@@ -55,6 +55,13 @@ def _plots(data: D.ReportData) -> dict[str, list[Plot]]:
     if data.quarantine:
         quarantine = data.quarantine
         add(D.QUARANTINE, "Quarantine reasons", lambda: plots.quarantine_reasons(quarantine))
+    if data.monitoring and data.monitoring.feature_psi:
+        m = data.monitoring
+        add(
+            D.MONITORING,
+            "Feature drift",
+            lambda: plots.psi_bars(m.feature_psi, threshold=m.psi_threshold, ignored=m.ignored),
+        )
     if data.sales:
         weeks = data.sales
         add(

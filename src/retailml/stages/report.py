@@ -2,8 +2,9 @@
 
 Two halves. GATHER (this module, and :mod:`retailml.report.from_mlflow` for MLflow) reads the
 lake and MLflow into one plain-Python :class:`~retailml.report.data.ReportData`: every table is
-aggregated in Spark first, and only bounded summaries come to the driver (a count per table, a row per week, a histogram, top-N
-lists). RENDER (:mod:`retailml.report.render`) turns it into HTML without Spark.
+aggregated in Spark first, and only bounded summaries come to the driver (a count per table, a
+row per week, a histogram, top-N lists). RENDER (:mod:`retailml.report.render`) turns it into
+HTML without Spark.
 
 A section whose source does not exist yet (a table not written, no MLflow run) becomes a short
 "not available: run `retailml task X`" note; the report itself never fails for it. The page goes
@@ -39,7 +40,7 @@ from retailml.report.from_mlflow import (
 )
 from retailml.report.render import render_html
 from retailml.runlog import History, new_run_id, timeline, utcnow
-from retailml.settings import RecommendSettings, Settings, TrainSettings
+from retailml.settings import MonitorSettings, RecommendSettings, Settings, TrainSettings
 
 SCORE_BINS = 20
 MAX_WEEKS = 520  # ten years of weekly sales
@@ -293,6 +294,65 @@ def task_timings(history: History, run_id: str) -> tuple[list[D.TaskTiming], str
     ], status
 
 
+def monitoring(
+    lake: Lakehouse, history: History, run_id: str, *, monitor: MonitorSettings
+) -> D.Monitoring:
+    """The newest gates of each stage (``ops.quality``), the newest PSI of the features and of
+    the score (``ops.drift``), and the run's retraining decisions (a handful of rows each).
+
+    Raises:
+        Unavailable: No batch was checked and no drift measured yet.
+    """
+    if not lake.exists("ops.quality") and not lake.exists("ops.drift"):
+        raise Unavailable("no batch checked and no drift measured yet; run `retailml run`")
+    gates: list[D.GateCheck] = []
+    if lake.exists("ops.quality"):
+        checks = lake.read("ops.quality")
+        newest = checks.groupBy("stage").agg(F.max(S.RECORDED_AT).alias(S.RECORDED_AT))
+        rows = checks.join(newest, ["stage", S.RECORDED_AT]).orderBy("stage", S.GATE).collect()
+        gates = [
+            D.GateCheck(
+                r["stage"], r[S.GATE], r[S.VALUE], r[S.THRESHOLD], r[S.ACTION], r[S.PASSED],
+                r["detail"],
+            )
+            for r in sorted(rows, key=lambda r: r["stage"] != "ingest")
+        ]  # fmt: skip
+    features: dict[str, float] = {}
+    dates: tuple[date, date] | None = None
+    score: float | None = None
+    if lake.exists("ops.drift"):
+        drift = lake.read("ops.drift")
+        latest = drift.groupBy(S.COMPARISON).agg(F.max(S.AS_OF_DATE).alias(S.AS_OF_DATE))
+        for r in drift.join(latest, [S.COMPARISON, S.AS_OF_DATE]).collect():
+            if r[S.COMPARISON] == "score_vs_previous":
+                score = float(r[S.PSI])
+            else:
+                features[r[S.FEATURE]] = float(r[S.PSI])
+                dates = (r["expected_date"], r[S.AS_OF_DATE])
+    decisions = []
+    try:
+        entries, _ = timeline(history, run_id, current="report")
+    except RetailmlError:
+        entries = []
+    for e in entries:
+        if e.task in ("train", "recommend") and e.last is not None:
+            decisions += [
+                f"{e.task}: {line.strip()}"
+                for line in e.last.outputs
+                if line.strip().startswith(("retrained:", "no retraining needed", "up to date"))
+                or ": up to date" in line
+            ]
+    return D.Monitoring(
+        gates=gates,
+        feature_psi=dict(sorted(features.items(), key=lambda kv: -kv[1])),
+        feature_psi_dates=dates,
+        score_psi=score,
+        psi_threshold=monitor.psi_threshold,
+        ignored=list(monitor.ignore_features),
+        decisions=decisions,
+    )
+
+
 def gather(
     lake: Lakehouse,
     history: History,
@@ -302,6 +362,7 @@ def gather(
     train: TrainSettings,
     recommend: RecommendSettings,
     sample_customers: int,
+    monitor: MonitorSettings | None = None,
 ) -> D.ReportData:
     """Everything the report shows, as bounded plain-Python summaries.
 
@@ -353,6 +414,10 @@ def gather(
         ),
         scores=scores,
         top_buyers=section(D.TOP_BUYERS, lambda: top_buyers(_table(lake, "gold.top_buyers"))),
+        monitoring=section(
+            D.MONITORING,
+            lambda: monitoring(lake, history, run_id, monitor=monitor or MonitorSettings()),
+        ),
         ranking=section(
             D.RANKING, lambda: ranking_summary(client, experiment=recommend.experiment)
         ),
@@ -459,6 +524,7 @@ def _report(
         train=settings.train,
         recommend=settings.recommend,
         sample_customers=settings.report.sample_customers,
+        monitor=settings.monitor,
     )
     gathered = time.monotonic()
     page = render_html(data)

@@ -6,7 +6,8 @@ ALS estimator and exact top-k scoring), :mod:`.generators` (the candidate genera
 :mod:`.ranker` (candidates, features, the learned ranker), :mod:`.evaluation` (the evaluation
 set, ALS's grid, the popularity baseline), :mod:`.twostage` (the repeat half-life and the
 rankers, trained and measured on time), :mod:`.serving` (both lists, the popularity fill, gold
-rows) and :mod:`.task` (``run``).
+rows), :mod:`.publish` (the task's inputs and writes, and serving the champion as it is) and
+:mod:`.task` (``run``).
 
 **Products only.** Lines that are not merchandise (``line_kind`` other than ``product``:
 postage, fees, discounts…) never enter the interactions, the generators, the popularity
@@ -74,6 +75,13 @@ re-running with nothing changed writes the same rows. ``model_version`` on every
 ones included, is the version that produced the list.
 
 The write replaces the as-of date's rows of ``gold.recommendations`` (idempotent per date).
+
+**Retrain on need.** A run whose inputs are unchanged does nothing (``ops.lineage``). When they
+changed, the recommender is tuned and trained again only if asked (``workflow.retrain``), if
+there is no two-stage champion, if the recommend settings changed, or if the champion is older
+than ``workflow.max_champion_age_days``; otherwise the champion serves both lists at the new
+as-of date as it is (its ALS factors and rankers; the generators run on all history, so new
+customers and products still get repeat, item-kNN and popularity candidates).
 """
 
 from retailml.stages.recommend.als import (
@@ -114,6 +122,7 @@ from retailml.stages.recommend.generators import (
     repeat,
     top_candidates,
 )
+from retailml.stages.recommend.publish import ServedResult
 from retailml.stages.recommend.ranker import (
     FEATURES,
     CutoffFacts,
@@ -148,6 +157,7 @@ __all__ = [
     "ItemFactors",
     "PopularOnlyResult",
     "RecommendResult",
+    "ServedResult",
     "TwoStage",
     "als_blocks",
     "als_candidates",

@@ -20,10 +20,9 @@ from pyspark.sql import functions as F
 
 from retailml import lineage
 from retailml import schemas as S
-from retailml.errors import RetailmlError
 from retailml.lakehouse import Lakehouse
 from retailml.ml import names as N
-from retailml.ml import registry, tracking
+from retailml.ml import tracking
 from retailml.ml.models import log_spark_model, register_and_gate
 from retailml.ml.names import (
     ALL,
@@ -40,7 +39,6 @@ from retailml.ml.registry import GateDecision
 from retailml.settings import RecommendSettings, Settings
 from retailml.stages.recommend.als import als_blocks, als_estimator
 from retailml.stages.recommend.data import (
-    check_transactions,
     popularity,
     purchased,
     ratings,
@@ -53,12 +51,20 @@ from retailml.stages.recommend.evaluation import (
     evaluation_set,
     tune,
 )
+from retailml.stages.recommend.publish import (
+    Inputs,
+    ServedResult,
+    champion_model,
+    read_inputs,
+    retrain_reason,
+    serve_champion,
+    write_lists,
+)
 from retailml.stages.recommend.serving import (
     MAX_EXTRA_CANDIDATES,
     gold_rows,
     pack,
     recommend_customers,
-    serve,
 )
 from retailml.stages.recommend.twostage import TwoStage, train_two_stage
 
@@ -178,33 +184,9 @@ class PopularOnlyResult:
         ]
 
 
-@dataclass(frozen=True)
-class _Inputs:
-    """The silver tables the task reads, and the as-of date (the day after the last event)."""
-
-    transactions: DataFrame
-    customers: DataFrame
-    products: DataFrame  # product_id, product_name, category
-    as_of: date
-    bought_products: int  # products ever bought
-
-    @property
-    def categories(self) -> DataFrame:
-        return self.products.select(S.PRODUCT_ID, S.CATEGORY)
-
-
-# Every writer of gold.recommendations is held to these (Delta CHECK constraints). The rank's
-# upper bound is recommend.k, a setting, so it is not a constraint: a smaller k would be
-# refused by the rows of earlier as-of dates.
-CONSTRAINTS = {
-    "rank_from_1": f"{S.RANK} >= 1",
-    "list_is_known": f"{S.LIST} IN ('{S.FOR_YOU}', '{S.DISCOVER}')",
-}
-
-
 def run(
     settings: Settings, spark: SparkSession
-) -> RecommendResult | PopularOnlyResult | lineage.UpToDate:
+) -> RecommendResult | PopularOnlyResult | ServedResult | lineage.UpToDate:
     """:func:`recommend`, unless neither its input tables nor the settings changed since the
     last run."""
     lake = Lakehouse(settings, spark)
@@ -218,7 +200,9 @@ def run(
     )
 
 
-def recommend(settings: Settings, spark: SparkSession) -> RecommendResult | PopularOnlyResult:
+def recommend(
+    settings: Settings, spark: SparkSession
+) -> RecommendResult | PopularOnlyResult | ServedResult:
     """Tune ALS and the repeat half-life, train and measure the rankers against every generator,
     register the two-stage recommender, write both lists of ``gold.recommendations``.
 
@@ -230,9 +214,13 @@ def recommend(settings: Settings, spark: SparkSession) -> RecommendResult | Popu
     """
     started, cfg, seed = time.monotonic(), settings.recommend, settings.seed
     lake = Lakehouse(settings, spark)
-    inputs = _read(lake)
+    inputs = read_inputs(lake)
     if inputs.bought_products < max(cfg.k, 2):
         return _popular_only(lake, inputs, cfg=cfg, started=started)
+    client = tracking.configure(settings)
+    reason, champion = retrain_reason(lake, settings, client)
+    if reason is None and champion is not None:
+        return serve_champion(lake, client, inputs, champion, cfg=cfg, started=started)
     tuned_mode, blocks = NEW if cfg.exclude_purchased else ALL, als_blocks(spark)
     # xgboost.spark logs every boosting round at INFO.
     logging.getLogger("XGBoost-PySpark").setLevel(logging.WARNING)
@@ -248,11 +236,11 @@ def recommend(settings: Settings, spark: SparkSession) -> RecommendResult | Popu
             seed=seed,
             keep=kept,
         )
-        client = tracking.configure(settings)
         mlflow.set_experiment(experiment_id=tracking.experiment(settings, cfg.experiment))
         tags = _data_tags(lake, inputs, data)
         with mlflow.start_run(run_name=f"recommend {inputs.as_of}", tags=tags) as parent:
             _log_params(cfg, data, seed=seed, tuned_mode=tuned_mode)
+            mlflow.set_tag(N.RETRAIN_REASON, reason)
             tracking.log_table_inputs(
                 lake,
                 ["silver.transactions", "silver.customers", "silver.products"],
@@ -306,30 +294,13 @@ def recommend(settings: Settings, spark: SparkSession) -> RecommendResult | Popu
     )
 
 
-def _data_tags(lake: Lakehouse, inputs: _Inputs, data: EvaluationSet) -> dict[str, str]:
+def _data_tags(lake: Lakehouse, inputs: Inputs, data: EvaluationSet) -> dict[str, str]:
     """What the run was computed from: the input's Delta version and the dates."""
     return {
         N.DATA_TRANSACTIONS_VERSION: str(lake.version("silver.transactions")),
         N.AS_OF_DATE: inputs.as_of.isoformat(),
         N.EVAL_CUTOFF: data.cutoff.isoformat(),
     }
-
-
-def _read(lake: Lakehouse) -> _Inputs:
-    transactions = lake.read("silver.transactions")
-    check_transactions(transactions)
-    last = transactions.agg(F.max(S.EVENT_DATE).alias("last")).first()
-    if last is None or last["last"] is None:
-        raise RetailmlError("silver.transactions is empty; run `retailml task clean` first")
-    products = lake.read("silver.products")
-    return _Inputs(
-        transactions=transactions,
-        customers=lake.read("silver.customers").select(S.CUSTOMER_ID, S.COUNTRY),
-        products=products.select(S.PRODUCT_ID, S.PRODUCT_NAME, S.CATEGORY),
-        as_of=last["last"] + timedelta(days=1),
-        # silver.products holds products only, one row each: a count of a small table.
-        bought_products=products.where(F.col("purchase_lines") > 0).count(),
-    )
 
 
 def _register(
@@ -446,7 +417,7 @@ def _serve(
     client: MlflowClient,
     model: PipelineModel,
     decision: GateDecision,
-    inputs: _Inputs,
+    inputs: Inputs,
     two: TwoStage,
     *,
     cfg: RecommendSettings,
@@ -462,36 +433,12 @@ def _serve(
     if decision.promoted:
         serving, version, half_life = model, decision.challenger_version, two.half_life
     else:
-        serving = mlflow.spark.load_model(f"models:/{cfg.model_name}@{registry.CHAMPION}")
-        version = str(decision.champion_version)
-        tags = client.get_model_version(cfg.model_name, version).tags
-        tag = f"{N.VERSION_PARAM_PREFIX}{N.HALF_LIFE_PARAM}"
-        half_life = float(tags.get(tag, two.half_life))
-    started, as_of = time.monotonic(), inputs.as_of
-    recommendations = serve(
-        serving,
-        inputs.transactions,
-        inputs.customers,
-        as_of=as_of,
-        half_life=half_life,
-        cfg=cfg,
-        categories=inputs.categories,
-        keep=keep,
-    )
-    lake.replace_where(
-        "gold.recommendations",
-        gold_rows(recommendations, inputs.products, as_of=as_of, model_version=version),
-        f"{S.AS_OF_DATE} = '{as_of.isoformat()}'",
-    )
-    lake.add_constraints("gold.recommendations", CONSTRAINTS)
+        serving, version, tuned = champion_model(client, cfg, str(decision.champion_version))
+        half_life = tuned or two.half_life
+    started = time.monotonic()
+    by_source = write_lists(lake, serving, version, half_life, inputs, cfg=cfg, keep=keep)
     mlflow.log_metric("write_seconds", time.monotonic() - started)
-    return version, _rows_by_source(lake, as_of)
-
-
-def _rows_by_source(lake: Lakehouse, as_of: date) -> dict[tuple[str, str], int]:
-    written = lake.read("gold.recommendations").where(F.col(S.AS_OF_DATE) == F.lit(as_of))
-    counts = written.groupBy(S.LIST, S.SOURCE).agg(F.count(F.lit(1)).alias("n")).collect()
-    return {(str(r[S.LIST]), str(r[S.SOURCE])): int(r["n"]) for r in counts}
+    return version, by_source
 
 
 def _log_outcome(
@@ -520,7 +467,7 @@ def _log_outcome(
 
 
 def _popular_only(
-    lake: Lakehouse, inputs: _Inputs, *, cfg: RecommendSettings, started: float
+    lake: Lakehouse, inputs: Inputs, *, cfg: RecommendSettings, started: float
 ) -> PopularOnlyResult:
     """Both lists from the popularity ranking alone (nothing to learn)."""
     k, as_of, transactions = cfg.k, inputs.as_of, inputs.transactions
