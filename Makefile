@@ -39,6 +39,12 @@ SIZE ?= S
 bench: jars
 	$(BIN)/python benchmarks/bench.py --size $(SIZE)
 
+# The daily-run benchmark: a full run without the last day, then the run when that day's file
+# arrives (benchmarks/daily.csv). Not part of `make test`.
+.PHONY: bench-daily
+bench-daily: jars
+	$(BIN)/python benchmarks/daily.py --size $(SIZE)
+
 # Headless Chromium (Debian's package) for the test that opens the report in a real browser;
 # installed once when missing.
 browser:

@@ -115,10 +115,12 @@ def unless_up_to_date(
     outputs: Sequence[str],
     config: Sequence[Any] = (),
     models: Mapping[str, int] | None = None,
+    force: bool = False,
 ) -> R | UpToDate:
-    """Run ``work`` and record what it built from, unless the task is up to date."""
+    """Run ``work`` and record what it built from, unless the task is up to date (``force``:
+    run it anyway)."""
     now = inputs(lake, task, tables, config=config, models=models)
-    if up_to_date(lake, now, outputs):
+    if not force and up_to_date(lake, now, outputs):
         return UpToDate(task, now.describe())
     result = work()
     record(lake, now)

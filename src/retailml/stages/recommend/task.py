@@ -197,6 +197,7 @@ def run(
         tables=["silver.transactions", "silver.customers", "silver.products"],
         outputs=["gold.recommendations"],
         config=[settings.recommend, settings.seed],
+        force=settings.workflow.retrain,
     )
 
 
