@@ -22,7 +22,7 @@ import re
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,9 +51,13 @@ def split_last_day(data: Path, source: Path) -> tuple[Path, int]:
 
 
 def _date(line: str) -> str | None:
-    """The day of a generated line (its InvoiceDate, the fifth field: ``2010-12-01 08:26:00``)."""
+    """The day of a generated line (its InvoiceDate: ``2010-12-01 08:26:00``); None for a line
+    without a valid one (the generator breaks some dates on purpose)."""
     found = re.search(r",(\d{4}-\d{2}-\d{2}) \d{2}:\d{2}", line)
-    return found.group(1) if found else None
+    try:
+        return date.fromisoformat(found.group(1)).isoformat() if found else None
+    except ValueError:
+        return None
 
 
 def run(folder: Path, source: Path, settings: tuple[str, ...], log: Path) -> tuple[float, dict]:
