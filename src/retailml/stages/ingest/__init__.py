@@ -1,9 +1,11 @@
 """Ingest: source files → ``bronze.transactions`` and ``bronze.quarantine``.
 
 Every data record of every file ends up in exactly one of the two tables: valid rows in the
-canonical schema, the others with their raw record and the reason. Re-ingesting a file
-replaces that file's rows (Delta ``replaceWhere`` on ``source_file``), so running twice adds
-nothing.
+canonical schema, the others with their raw record and the reason. Only new or changed files
+are read (:func:`plan_batch` against ``ops.ingested_files``; ``workflow.full`` reads all), and
+re-ingesting a file replaces that file's rows (Delta ``replaceWhere`` on ``source_file``), so
+running twice adds nothing. A batch whose quarantine share breaches its gate
+(:mod:`retailml.quality`) is refused before anything is written.
 
 The steps, each in its own module: find the data files and read their headers
 (:mod:`.sources`), match each header to a layout (:mod:`.layouts`), read every record as text
