@@ -52,9 +52,8 @@ def psi(expected: DataFrame, actual: DataFrame, columns: Sequence[str], *, bins:
     quantiles = expected.select(cast).approxQuantile(list(columns), probabilities, 0.001)
     edges = {c: sorted(set(q)) for c, q in zip(columns, quantiles, strict=True)}
 
-    counted: list[int] = []
-
-    def shares(df: DataFrame) -> dict[tuple[int, int], float]:
+    def shares(df: DataFrame) -> tuple[dict[tuple[int, int], float], int]:
+        """Each (column, bin)'s share of the rows, and the rows; columns × bins rows collected."""
         binned = df.select(F.array(*[_bin(F.col(c), edges[c]) for c in columns]).alias("b"))
         rows = (
             binned.select(F.posexplode("b").alias("i", "bin")).groupBy("i", "bin").count().collect()
@@ -62,10 +61,10 @@ def psi(expected: DataFrame, actual: DataFrame, columns: Sequence[str], *, bins:
         totals: dict[int, int] = {}
         for r in rows:
             totals[r["i"]] = totals.get(r["i"], 0) + int(r["count"])
-        counted.append(totals.get(0, 0))
-        return {(r["i"], r["bin"]): int(r["count"]) / totals[r["i"]] for r in rows}
+        found = {(r["i"], r["bin"]): int(r["count"]) / totals[r["i"]] for r in rows}
+        return found, totals.get(0, 0)
 
-    e, a = shares(expected), shares(actual)
+    (e, expected_rows), (a, actual_rows) = shares(expected), shares(actual)
     result = {}
     for i, column in enumerate(columns):
         keys = {b for (j, b) in (*e, *a) if j == i}
@@ -74,7 +73,7 @@ def psi(expected: DataFrame, actual: DataFrame, columns: Sequence[str], *, bins:
             pe, pa = max(e.get((i, b), 0.0), EPSILON), max(a.get((i, b), 0.0), EPSILON)
             total += (pa - pe) * math.log(pa / pe)
         result[column] = total
-    return Drift(result, counted[0], counted[1])
+    return Drift(result, expected_rows, actual_rows)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -52,6 +54,11 @@ def champion_version(client: MlflowClient, model_name: str) -> str | None:
         return str(client.get_model_version_by_alias(model_name, CHAMPION).version)
     except MlflowException:
         return None
+
+
+def age_days(version: ModelVersion) -> float:
+    """Days since the model version was registered."""
+    return (time.time() * 1000 - int(version.creation_timestamp)) / 86_400_000
 
 
 def apply_gate(

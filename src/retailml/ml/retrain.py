@@ -1,19 +1,21 @@
-"""Whether the propensity models need retraining: the champion's age, drift and decay.
+"""Whether a model needs retraining: the rules both models share (:func:`champion_rules`),
+and the propensity model's drift and decay on top (:func:`retrain_need`).
 
-A daily run retrains only when one of :func:`retrain_need`'s rules holds; the features' drift it
-looks at is measured and recorded by :func:`feature_drift` (``ops.drift``).
+A daily run retrains only when one of the rules holds; the features' drift they look at is
+measured and recorded by :func:`feature_drift` (``ops.drift``).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import mlflow
 import mlflow.spark
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -33,6 +35,32 @@ class Need:
 
     reason: str | None
     checks: list[str]
+
+
+def champion_rules(
+    settings: Settings, client: MlflowClient, model_name: str, now: lineage.Inputs
+) -> tuple[str | None, ModelVersion | None, list[str]]:
+    """The retraining rules of every model, in order: asked (``workflow.retrain``); no
+    champion; the task's settings changed since it last ran (``now.previous``); the champion is
+    older than ``workflow.max_champion_age_days``.
+
+    Returns:
+        The first rule that holds (None: none), the champion when none holds, and the figures
+        looked at.
+    """
+    if settings.workflow.retrain:
+        return "asked (--retrain)", None, []
+    try:
+        champion = client.get_model_version_by_alias(model_name, registry.CHAMPION)
+    except MlflowException:
+        return "no champion yet", None, []
+    if now.previous is None or now.previous.settings_hash != now.settings_hash:
+        return "the settings changed (or were never recorded)", None, []
+    age, oldest = registry.age_days(champion), settings.workflow.max_champion_age_days
+    checks = [f"champion age {age:.1f} days (limit {oldest})"]
+    if age > oldest:
+        return f"the champion is {age:.0f} days old (limit {oldest})", None, checks
+    return None, champion, checks
 
 
 def measure_champion(model_name: str, holdout: DataFrame) -> float:
@@ -79,22 +107,10 @@ def retrain_need(
     was promoted with. The first that holds is the reason."""
     cfg, monitor = settings.train, settings.monitor
     limit = monitor.psi_threshold
-    if settings.workflow.retrain:
-        return Need("asked (--retrain)", [])
     client = tracking.configure(settings)
-    try:
-        champion = client.get_model_version_by_alias(cfg.model_name, registry.CHAMPION)
-    except MlflowException:
-        return Need("no champion yet", [])
-    last = lineage.last(lake, "train")
-    if last is None or last.settings_hash != now.settings_hash:
-        return Need("the training settings changed (or were never recorded)", [])
-    checks = []
-    age = (time.time() * 1000 - int(champion.creation_timestamp)) / 86_400_000
-    oldest = settings.workflow.max_champion_age_days
-    checks.append(f"champion age {age:.1f} days (limit {oldest})")
-    if age > oldest:
-        return Need(f"the champion is {age:.0f} days old (limit {oldest})", checks)
+    reason, champion, checks = champion_rules(settings, client, cfg.model_name, now)
+    if champion is None:  # a rule holds
+        return Need(reason, checks)
     # Only scorings after the champion was registered: a drift it was trained after is not news.
     registered = datetime.fromtimestamp(int(champion.creation_timestamp) / 1000, tz=UTC)
     score_psi = drift.latest(lake, drift.SCORE_VS_PREVIOUS, since=registered.replace(tzinfo=None))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -282,21 +283,26 @@ def run(settings: Settings, spark: SparkSession) -> CleanResult | lineage.UpToDa
         QualityGateError: The new batch breached a failing gate; silver is unchanged.
     """
     lake = Lakehouse(settings, spark)
-    now = lineage.inputs(lake, "clean", ["bronze.transactions"], config=[settings.clean])
-    if lineage.up_to_date(lake, now, OUTPUTS):
-        return lineage.UpToDate("clean", now.describe())
+    return lineage.unless_up_to_date(
+        lake,
+        "clean",
+        lambda now: _clean(lake, settings, now),
+        tables=["bronze.transactions"],
+        outputs=OUTPUTS,
+        config=[settings.clean],
+    )
+
+
+def _clean(lake: Lakehouse, settings: Settings, now: lineage.Inputs) -> CleanResult:
     bronze = lake.read("bronze.transactions")
     rules = settings.clean.line_kinds
     changed = _changed_files(lake, now)
-    batch = bronze if changed is None else bronze.where(_of_files(changed))
+    batch = bronze if changed is None else bronze.where(_of_files([f.path for f in changed]))
     fresh = clean_transactions(batch, line_kinds=rules).persist()
     try:
-        gates = Q.enforce(
-            lake,
-            _batch_id(lake, changed),
-            "clean",
-            _gates(settings.quality, fresh, lake, first=changed is None),
-        )
+        batch_id = max(changed, key=lambda f: f.ingested_at).batch_id if changed else "all"
+        checks = _gates(settings.quality, fresh, lake, first=changed is None)
+        gates = Q.enforce(lake, batch_id, "clean", checks)
         if changed is None:
             lake.overwrite("silver.transactions", fresh)
             # The dimensions from the table just written, not the de-duplication again.
@@ -304,19 +310,26 @@ def run(settings: Settings, spark: SparkSession) -> CleanResult | lineage.UpToDa
             lake.overwrite("silver.products", build_products(silver))
             lake.overwrite("silver.customers", build_customers(silver))
         else:
-            _merge(lake, bronze, fresh, changed, rules)
+            _merge(lake, bronze, fresh, [f.path for f in changed], rules)
     finally:
         fresh.unpersist()
     lake.add_constraints("silver.transactions", CONSTRAINTS)
-    result = _result(lake, bronze, merged=None if changed is None else len(changed), gates=gates)
-    lineage.record(lake, now)
-    return result
+    return _result(lake, bronze, merged=None if changed is None else len(changed), gates=gates)
 
 
-def _changed_files(lake: Lakehouse, now: lineage.Inputs) -> list[str] | None:
+@dataclass(frozen=True)
+class _Ingested:
+    """A file ingested since the last clean: its path, batch and when."""
+
+    path: str
+    batch_id: str
+    ingested_at: datetime
+
+
+def _changed_files(lake: Lakehouse, now: lineage.Inputs) -> list[_Ingested] | None:
     """The files ingested since the bronze version the last clean built from; None when
     silver must be built from all of bronze (first run, other settings, --full, too many)."""
-    last = lineage.last(lake, "clean")
+    last = now.previous
     if (
         last is None
         or lake.settings.workflow.full
@@ -326,13 +339,14 @@ def _changed_files(lake: Lakehouse, now: lineage.Inputs) -> list[str] | None:
     ):
         return None
     since = last.versions.get("bronze.transactions", -1)
+    # One row per file: bounded by the files of the batches since, not by their rows.
     rows = (
         lake.read("ops.ingested_files")
         .where(F.col(S.BRONZE_VERSION) > since)
-        .select(S.PATH)
+        .select(S.PATH, S.BATCH_ID, S.INGESTED_AT)
         .collect()
     )
-    files = sorted(r[S.PATH] for r in rows)
+    files = sorted((_Ingested(*r) for r in rows), key=lambda f: f.path)
     # No file explains the change (bronze was written another way), or too many do: rebuild.
     return files if 0 < len(files) <= _MAX_MERGED_FILES else None
 
@@ -343,21 +357,6 @@ def _of_files(paths: Sequence[str]) -> Column:
     for path in paths:
         condition = condition | F.col(S.SOURCE_FILE).startswith(path + "#")
     return condition
-
-
-def _batch_id(lake: Lakehouse, changed: list[str] | None) -> str:
-    """The ingest batch being cleaned (the newest, when a clean covers several); ``all``
-    for a rebuild from all of bronze."""
-    if not changed or not lake.exists("ops.ingested_files"):
-        return "all"
-    row = (
-        lake.read("ops.ingested_files")
-        .where(F.col(S.PATH).isin(*changed))
-        .orderBy(F.col(S.INGESTED_AT).desc())
-        .select(S.BATCH_ID)
-        .first()
-    )
-    return str(row[S.BATCH_ID]) if row else "all"
 
 
 def _gates(

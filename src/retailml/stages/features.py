@@ -437,7 +437,7 @@ def run(settings: Settings, spark: SparkSession) -> FeaturesResult | lineage.UpT
     return lineage.unless_up_to_date(
         lake,
         "features",
-        lambda: _build(lake, settings),
+        lambda _: _build(lake, settings),
         tables=["silver.transactions"],
         outputs=["silver.customer_features"],
         config=[settings.features],

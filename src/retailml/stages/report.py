@@ -494,22 +494,25 @@ def run(
         name: int(registry.champion_version(client, name) or -1)
         for name in (settings.train.model_name, settings.recommend.model_name)
     }
-    now = lineage.inputs(lake, "report", REPORTED, config=[settings.report], models=models)
     try:
         entries, _ = timeline(history, run_id, current="report")
         clean_run = all(e.status == S.SUCCEEDED for e in entries if e.task != "report")
     except RetailmlError:  # a report of no recorded run
         clean_run = True
-    if clean_run and lineage.up_to_date(lake, now, []):
-        return lineage.UpToDate("report", now.describe())
-    result = _report(settings, spark, lake, history, client, run_id)
-    lineage.record(lake, now)
-    return result
+    return lineage.unless_up_to_date(
+        lake,
+        "report",
+        lambda _: _report(settings, lake, history, client, run_id),
+        tables=REPORTED,
+        outputs=[],
+        config=[settings.report],
+        models=models,
+        force=not clean_run,  # a failed task: always a page that shows it
+    )
 
 
 def _report(
     settings: Settings,
-    spark: SparkSession,
     lake: Lakehouse,
     history: History,
     client: MlflowClient,

@@ -169,7 +169,7 @@ def run(settings: Settings, spark: SparkSession) -> ScoreResult | lineage.UpToDa
     return lineage.unless_up_to_date(
         lake,
         "score",
-        lambda: _score(lake, settings),
+        lambda _: _score(lake, settings, client),
         tables=["silver.customer_features", "silver.customers"],
         outputs=["gold.purchase_propensity", "gold.top_buyers"],
         config=[settings.score, settings.train.model_name, settings.features.horizon_days],
@@ -177,10 +177,10 @@ def run(settings: Settings, spark: SparkSession) -> ScoreResult | lineage.UpToDa
     )
 
 
-def _score(lake: Lakehouse, settings: Settings) -> ScoreResult:
+def _score(lake: Lakehouse, settings: Settings, client: MlflowClient) -> ScoreResult:
     table = lake.read("silver.customer_features")
     features = table.where(F.col(S.SPLIT) == S.SCORE)
-    model, version = load_champion(tracking.configure(settings), settings.train.model_name)
+    model, version = load_champion(client, settings.train.model_name)
     # The score's calibration cutoff is the later of the two (the other is the holdout's).
     in_calibration = F.col(S.SPLIT) == S.CALIBRATION
     latest = table.where(in_calibration).agg(F.max(S.CUTOFF_DATE)).first()
@@ -205,7 +205,9 @@ def _score(lake: Lakehouse, settings: Settings) -> ScoreResult:
 
     gold = lake.read("gold.purchase_propensity")
     written = gold.where(F.col(S.AS_OF_DATE) == F.lit(as_of))
-    score_psi = _score_drift(lake, gold, written, as_of, bins=settings.monitor.psi_bins)
+    score_psi = _score_drift(
+        lake, gold, written, as_of, version=version, bins=settings.monitor.psi_bins
+    )
     lake.overwrite(
         "gold.top_buyers",
         top_buyers(written, features, lake.read("silver.customers"), n=settings.score.top_n),
@@ -230,7 +232,13 @@ def _score(lake: Lakehouse, settings: Settings) -> ScoreResult:
 
 
 def _score_drift(
-    lake: Lakehouse, gold: DataFrame, written: DataFrame, as_of: date, *, bins: int
+    lake: Lakehouse,
+    gold: DataFrame,
+    written: DataFrame,
+    as_of: date,
+    *,
+    version: str,
+    bins: int,
 ) -> tuple[date, float] | None:
     """The PSI of this scoring's probabilities against the previous as-of date's, recorded in
     ``ops.drift``; None for the first scoring, and when the previous one was by another model
@@ -239,8 +247,8 @@ def _score_drift(
     if row is None or row[0] is None:
         return None
     previous = gold.where(F.col(S.AS_OF_DATE) == F.lit(row[0]))
-    versions = {r[0] for r in previous.select(S.MODEL_VERSION).distinct().collect()}
-    if versions != {r[0] for r in written.select(S.MODEL_VERSION).distinct().collect()}:
+    # At most a few versions: one per scoring that wrote this date.
+    if {r[0] for r in previous.select(S.MODEL_VERSION).distinct().collect()} != {version}:
         return None
     found = drift.psi(previous, written, [S.PROBABILITY], bins=bins)
     drift.record(lake, as_of, drift.SCORE_VS_PREVIOUS, row[0], found)

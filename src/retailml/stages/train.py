@@ -402,26 +402,28 @@ def run(settings: Settings, spark: SparkSession) -> TrainResult | ChampionKept |
     (unless ``workflow.retrain``).
     """
     lake = Lakehouse(settings, spark)
-    now = lineage.inputs(
+    return lineage.unless_up_to_date(
         lake,
         "train",
-        ["silver.customer_features"],
+        lambda now: _train_on_need(lake, settings, now),
+        tables=["silver.customer_features"],
+        outputs=[],
         config=[settings.train, settings.features, settings.seed],
+        force=settings.workflow.retrain,
     )
-    if not settings.workflow.retrain and lineage.up_to_date(lake, now, []):
-        return lineage.UpToDate("train", now.describe())
+
+
+def _train_on_need(
+    lake: Lakehouse, settings: Settings, now: lineage.Inputs
+) -> TrainResult | ChampionKept:
     features = lake.read("silver.customer_features")
     feature_psi = retrain.feature_drift(lake, features, bins=settings.monitor.psi_bins)
     need = retrain.retrain_need(lake, settings, now, features, feature_psi)
-    result: TrainResult | ChampionKept
-    if need.reason is None:
-        client = tracking.configure(settings)
-        version = registry.champion_version(client, settings.train.model_name) or "-"
-        result = ChampionKept(version, need.checks)
-    else:
-        result = _train(lake, settings, features, need.reason, feature_psi)
-    lineage.record(lake, now)
-    return result
+    if need.reason is not None:
+        return _train(lake, settings, features, need.reason, feature_psi)
+    client = tracking.configure(settings)
+    version = registry.champion_version(client, settings.train.model_name) or "-"
+    return ChampionKept(version, need.checks)
 
 
 def _train(

@@ -291,7 +291,7 @@ def plan_batch(
     changed (copied, touched) is hashed, and unchanged if its content hash is as recorded."""
     how = settings_hash(cfg.model_copy(update={"source": None}))
     known = {}
-    if lake.exists("ops.ingested_files"):
+    if lake.exists("ops.ingested_files"):  # one row per file ever ingested, not per data row
         known = {r[S.PATH]: r for r in lake.read("ops.ingested_files").collect()}
     stamps = file_stamps(lake.spark, files)
     read, unchanged, hashes = [], [], {}

@@ -11,7 +11,6 @@ from datetime import date, timedelta
 import mlflow
 import mlflow.spark
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
@@ -23,6 +22,7 @@ from retailml.errors import RetailmlError
 from retailml.lakehouse import Lakehouse
 from retailml.ml import names as N
 from retailml.ml import registry
+from retailml.ml.retrain import champion_rules
 from retailml.settings import RecommendSettings, Settings
 from retailml.stages.recommend.data import check_transactions
 from retailml.stages.recommend.serving import gold_rows, serve
@@ -113,29 +113,15 @@ def write_lists(
 
 
 def retrain_reason(
-    lake: Lakehouse, settings: Settings, client: MlflowClient
+    settings: Settings, client: MlflowClient, now: lineage.Inputs
 ) -> tuple[str | None, ModelVersion | None]:
     """Why the recommender must be tuned and trained again (None: serve the champion as it
-    is), and the champion: asked (``workflow.retrain``); no two-stage champion; the
-    recommend settings changed since it was trained; it is older than
-    ``workflow.max_champion_age_days``."""
-    cfg = settings.recommend
-    if settings.workflow.retrain:
-        return "asked (--retrain)", None
-    try:
-        champion = client.get_model_version_by_alias(cfg.model_name, registry.CHAMPION)
-    except MlflowException:
-        return "no champion yet", None
-    if champion.tags.get(N.EVAL_KIND) != N.RECOMMENDER_KIND:
+    is), and the champion: the rules every model has (:func:`~retailml.ml.retrain.champion_rules`),
+    and a champion that is not a two-stage recommender."""
+    reason, champion, _ = champion_rules(settings, client, settings.recommend.model_name, now)
+    if champion is not None and champion.tags.get(N.EVAL_KIND) != N.RECOMMENDER_KIND:
         return "the champion is not a two-stage recommender", None
-    last = lineage.last(lake, "recommend")
-    if last is None or last.settings_hash != lineage.settings_hash(cfg, settings.seed):
-        return "the recommend settings changed (or were never recorded)", None
-    age = (time.time() * 1000 - int(champion.creation_timestamp)) / 86_400_000
-    oldest = settings.workflow.max_champion_age_days
-    if age > oldest:
-        return f"the champion is {age:.0f} days old (limit {oldest})", None
-    return None, champion
+    return reason, champion
 
 
 @dataclass(frozen=True)
@@ -185,7 +171,7 @@ def serve_champion(
     return ServedResult(
         as_of=inputs.as_of,
         model_version=version,
-        age_days=(time.time() * 1000 - int(champion.creation_timestamp)) / 86_400_000,
+        age_days=registry.age_days(champion),
         rows_written=sum(by_source.values()),
         rows_by_source=by_source,
         customers=inputs.customers.count(),

@@ -193,7 +193,7 @@ def run(
     return lineage.unless_up_to_date(
         lake,
         "recommend",
-        lambda: recommend(settings, spark),
+        lambda now: recommend(settings, spark, now),
         tables=["silver.transactions", "silver.customers", "silver.products"],
         outputs=["gold.recommendations"],
         config=[settings.recommend, settings.seed],
@@ -202,7 +202,7 @@ def run(
 
 
 def recommend(
-    settings: Settings, spark: SparkSession
+    settings: Settings, spark: SparkSession, now: lineage.Inputs
 ) -> RecommendResult | PopularOnlyResult | ServedResult:
     """Tune ALS and the repeat half-life, train and measure the rankers against every generator,
     register the two-stage recommender, write both lists of ``gold.recommendations``.
@@ -219,7 +219,7 @@ def recommend(
     if inputs.bought_products < max(cfg.k, 2):
         return _popular_only(lake, inputs, cfg=cfg, started=started)
     client = tracking.configure(settings)
-    reason, champion = retrain_reason(lake, settings, client)
+    reason, champion = retrain_reason(settings, client, now)
     if reason is None and champion is not None:
         return serve_champion(lake, client, inputs, champion, cfg=cfg, started=started)
     tuned_mode, blocks = NEW if cfg.exclude_purchased else ALL, als_blocks(spark)
