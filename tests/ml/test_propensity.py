@@ -63,3 +63,47 @@ def test_the_grids_are_settings() -> None:
     assert [next(iter(point.values())) for point in grid] == [2, 4, 6]
     with pytest.raises(ValueError, match="unknown model family 'svm'"):
         propensity.estimator("svm", implementation="mllib", seed=1)
+
+
+def test_cross_fitted_calibration_carries_to_new_customers(spark: SparkSession) -> None:
+    """A forest deep enough to learn its own rows: Platt scaling fitted on those rows (the
+    calibration cutoff is a training cutoff) stretches scores that are only that sharp in
+    sample; cross-fitted, it is calibrated on new customers, in Brier and in ECE."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.classification import RandomForestClassifier
+    from pyspark.ml.feature import VectorAssembler
+
+    from retailml.ml.metrics import binary_metrics
+
+    def people(prefix: str, n: int, seed: int) -> list[tuple[str, float, float, int]]:
+        rng = random.Random(seed)
+        rows = []
+        for i in range(n):
+            x1, x2 = rng.random(), rng.random()
+            p = 1 / (1 + math.exp(-(3 * x1 - 1.5 + x2)))
+            rows.append((f"{prefix}{i}", x1, x2, int(rng.random() < p)))
+        return rows
+
+    schema = "customer_id string, x1 double, x2 double, label int"
+    train = spark.createDataFrame(people("t", 3000, 1), schema).persist()
+    new = spark.createDataFrame(people("n", 3000, 2), schema).persist()
+    pipe = Pipeline(
+        stages=[
+            VectorAssembler(inputCols=["x1", "x2"], outputCol="features"),
+            RandomForestClassifier(numTrees=20, maxDepth=12, minInstancesPerNode=1, seed=3),
+        ]
+    )
+    model = pipe.fit(train)
+
+    def quality(cross_fit: bool) -> tuple[float, float]:
+        platt = propensity.calibration_for(
+            model, train, refit=pipe.fit, train=train, cross_fit=cross_fit, seed=5
+        )
+        scored = propensity.calibrated(propensity.score_column(model.transform(new)), platt)
+        m = binary_metrics(scored.select("label", propensity.SCORE))
+        return m.brier, m.ece
+
+    in_sample, crossed = quality(False), quality(True)
+    # Measured: Brier 0.241 → 0.220, ECE 0.132 → 0.048.
+    assert crossed[0] < in_sample[0] - 0.01
+    assert crossed[1] < in_sample[1] / 2
