@@ -197,13 +197,16 @@ class Lakehouse:
             return bool(self.spark.catalog.tableExists(location))
         return bool(DeltaTable.isDeltaTable(self.spark, location))
 
-    def read(self, name: str) -> DataFrame:
-        """The table's current version.
+    def read(self, name: str, version: int | None = None) -> DataFrame:
+        """The table's current version, or an earlier ``version`` (Delta time travel; gone
+        once VACUUM removed its files).
 
         Raises:
             TableNotFoundError: The task that writes it has not run yet.
         """
         self._require(name)
+        if version is not None:
+            return self.spark.sql(f"SELECT * FROM {self._sql_name(name)} VERSION AS OF {version}")
         if self._by_name:
             return self.spark.table(self.location(name))
         return self.spark.read.format("delta").load(self.location(name))

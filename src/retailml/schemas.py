@@ -201,6 +201,9 @@ MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 SCORED_AT = "scored_at"
 SCORE_VALUE = "score"
+# The as-of date a recommendation list was computed at: as_of_date itself, or an earlier one
+# for a list carried forward unchanged (recommend.refresh_days).
+COMPUTED_AS_OF = "computed_as_of"
 SOURCE = "source"
 # Where a recommendation came from: the generator that proposed it (the ranker's candidates:
 # repeat, item_knn, als, popular), or the popularity fill ("popular").
@@ -244,6 +247,7 @@ RECOMMENDATIONS = _fields(
     (SOURCE, StringType(), False),
     (MODEL_VERSION, StringType(), True),
     (AS_OF_DATE, DateType(), False),
+    (COMPUTED_AS_OF, DateType(), True),
 )
 
 

@@ -251,10 +251,7 @@ class RecommendSettings(_Section):
     ranks: list[int] = Field(default_factory=lambda: [10, 30], min_length=1)
     reg_params: list[float] = Field(default_factory=lambda: [0.05, 0.2], min_length=1)
     alphas: list[float] = Field(
-        default_factory=lambda: [5.0],
-        min_length=1,
-        description="ALS's confidence scale; 20 was in the grid until alpha 5 won on both the "
-        "default data and M (the grid's time halves without it).",
+        default_factory=lambda: [5.0], min_length=1, description="ALS's confidence scale."
     )
     max_iter: int = Field(10, ge=1)
     tune_max_customers: int = Field(
@@ -264,11 +261,7 @@ class RecommendSettings(_Section):
         "sample of about this many; the final model is fitted on everyone.",
     )
     parallelism: int = Field(
-        2,
-        ge=1,
-        description="Grid points fitted and evaluated at once (threads sharing the session), "
-        "so one point's jobs use the cores another's leave idle; each holds its own ALS model "
-        "and candidates.",
+        2, ge=1, description="Grid points fitted and evaluated at once (threads, one session)."
     )
     promotion_margin: float = Field(0.001, ge=0, description="NDCG@k gain to replace the champion.")
     candidates: int = Field(
@@ -306,6 +299,12 @@ class RecommendSettings(_Section):
     ranker_max_depth: int = Field(3, ge=1, description="Depth of the ranker's trees.")
     ranker_trees: int = Field(150, ge=1, description="Boosting rounds of the ranker.")
     ranker_learning_rate: float = Field(0.05, gt=0, le=1)
+    refresh_days: int = Field(
+        7,
+        ge=0,
+        description="When the champion serves as it is, customers unchanged since the last run "
+        "keep their lists (carried forward) until they are this many days old; 0: recompute all.",
+    )
     experiment: str = "retailml-recommendations"
     model_name: str = "retailml-recommender"
 

@@ -513,13 +513,44 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     again = lake.read("gold.recommendations").collect()
     assert sorted(again) == sorted(rows)
 
+    # The next day c02 buys again. The champion serves as it is: c02's lists are computed at
+    # the new date, the others' are carried forward from the day before (computed_as_of).
+    history = [*two_taste_history(), ("n1", "c02", "p3", 1, "2011-04-01", "purchase", "UK")]
+    lake = write_silver(settings, spark, history)
+    daily = recommend.run(settings, spark)
+    assert isinstance(daily, recommend.ServedResult), daily
+    assert daily.carried == len(known) - 1 and daily.previous_as_of == date(2011, 4, 1)
+    assert any("served again to 1 customers" in line for line in daily.summary())
+
+    def lists(as_of: date) -> dict[tuple[str, str], list[tuple[int, str, date]]]:
+        got: dict[tuple[str, str], list[tuple[int, str, date]]] = defaultdict(list)
+        for r in lake.read("gold.recommendations").where(f"as_of_date = '{as_of}'").collect():
+            got[(r.customer_id, r.list)].append((r.rank, r.product_id, r.computed_as_of))
+        return {key: sorted(v) for key, v in got.items()}
+
+    before, after = lists(date(2011, 4, 1)), lists(date(2011, 4, 2))
+    assert set(after) == set(before) and daily.rows_written == 2 * 3 * len(known)
+    for (customer, name), recs in after.items():
+        if customer == "c02":
+            assert {computed for _, _, computed in recs} == {date(2011, 4, 2)}
+        else:
+            assert recs == before[(customer, name)]  # computed 2011-04-01
+    # Served to everyone (--full), c02's lists are the same: serving a few customers gives
+    # each of them what serving everyone does.
+    served = recommend.run(settings.with_overrides({"workflow.full": True}), spark)
+    assert isinstance(served, recommend.ServedResult) and served.carried == 0
+    everyone = lists(date(2011, 4, 2))
+    assert {c for recs in everyone.values() for _, _, c in recs} == {date(2011, 4, 2)}
+    for name in (S.FOR_YOU, S.DISCOVER):
+        assert [p for _, p, _ in everyone[("c02", name)]] == [p for _, p, _ in after[("c02", name)]]
+
 
 def test_an_earlier_gold_table_gains_the_list_column(tmp_path: Path, spark: SparkSession) -> None:
     """gold.recommendations written before it had `list`: the as-of date is replaced and the
     column added, earlier dates keep their rows (with no list)."""
     settings = make_settings(tmp_path)
     lake = Lakehouse(settings, spark)
-    earlier = [f for f in S.RECOMMENDATIONS.fields if f.name != S.LIST]
+    earlier = [f for f in S.RECOMMENDATIONS.fields if f.name not in (S.LIST, S.COMPUTED_AS_OF)]
     old = spark.createDataFrame(
         [
             ("c1", 1, "p1", "name p1", 0.5, "als", "1", date(2011, 3, 1)),
@@ -529,7 +560,7 @@ def test_an_earlier_gold_table_gains_the_list_column(tmp_path: Path, spark: Spar
     )
     old.write.format("delta").save(lake.location("gold.recommendations"))
     new = spark.createDataFrame(
-        [("c1", S.FOR_YOU, 1, "p2", "name p2", 0.7, "repeat", "2", date(2011, 4, 1))],
+        [("c1", S.FOR_YOU, 1, "p2", "name p2", 0.7, "repeat", "2", date(2011, 4, 1), None)],
         S.RECOMMENDATIONS,
     )
     lake.replace_where("gold.recommendations", new, "as_of_date = '2011-04-01'")

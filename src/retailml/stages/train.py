@@ -13,10 +13,10 @@ the held-out expected calibration error of xgboost from 0.084 (0.117 with the ba
 used before) to 0.019 and its Brier from 0.129 to 0.117, where isotonic regression on the same
 rows gave 0.027 and cost ROC-AUC (ties). With less than a year of data the calibration cutoff
 is the newest training cutoff, so its rows are scored by refits on the other customers
-(cross-fitted, :func:`~retailml.ml.propensity.calibration_for`). The held-out metrics, figures and the gate use the
-calibrated probabilities; the gate refuses a challenger whose Brier is not below that of
-predicting the base rate for everyone. Scoring calibrates the champion the same way for its own
-window.
+(cross-fitted, :func:`~retailml.ml.propensity.calibration_for`). The held-out metrics, figures
+and the gate use the calibrated probabilities; the gate refuses a challenger whose Brier is not
+below that of predicting the base rate for everyone. Scoring calibrates the champion the same
+way for its own window.
 """
 
 from __future__ import annotations

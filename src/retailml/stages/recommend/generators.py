@@ -87,7 +87,13 @@ def repeat(days: DataFrame, *, end: date, half_life: float) -> DataFrame:
 
 
 def item_neighbours(
-    days: DataFrame, *, end: date, lookback_days: int, neighbours: int, recent_products: int
+    days: DataFrame,
+    *,
+    end: date,
+    lookback_days: int,
+    neighbours: int,
+    recent_products: int,
+    items: DataFrame | None = None,
 ) -> DataFrame:
     """Each product's most similar products by co-purchase cosine similarity.
 
@@ -97,6 +103,9 @@ def item_neighbours(
         neighbours: Neighbours kept per product (the most similar; product id on ties).
         recent_products: Each customer contributes their this many most recently bought
             products (bounds the co-purchase pairs at ``customers × recent_products²``).
+        items: ``product_id`` of the products whose neighbours are wanted (None: every
+            product). A product's neighbours do not depend on which others are asked for; the
+            buyer counts the similarity divides by still come from every customer.
 
     Returns:
         ``item, neighbour, similarity`` with similarity in (0, 1].
@@ -110,7 +119,8 @@ def item_neighbours(
         .select(S.CUSTOMER_ID, S.PRODUCT_ID)
     )
     buyers = pairs.groupBy(S.PRODUCT_ID).agg(F.count(F.lit(1)).alias("_buyers"))
-    left = pairs.select(S.CUSTOMER_ID, F.col(S.PRODUCT_ID).alias(ITEM))
+    left = pairs if items is None else pairs.join(items, S.PRODUCT_ID, "left_semi")
+    left = left.select(S.CUSTOMER_ID, F.col(S.PRODUCT_ID).alias(ITEM))
     right = pairs.select(S.CUSTOMER_ID, F.col(S.PRODUCT_ID).alias(NEIGHBOUR))
     together = (
         left.join(right, S.CUSTOMER_ID)

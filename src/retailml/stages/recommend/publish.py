@@ -1,6 +1,7 @@
 """What the recommend task reads and writes: its inputs, both lists of
 ``gold.recommendations`` from a model, and the daily path — serving the champion as it is when
-nothing asks for retraining (:func:`retrain_reason`)."""
+nothing asks for retraining (:func:`retrain_reason`), to the customers whose lists are due
+(:func:`carry_forward`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import mlflow
 import mlflow.spark
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import PySparkException
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -24,7 +27,7 @@ from retailml.ml import names as N
 from retailml.ml import registry
 from retailml.ml.retrain import champion_rules
 from retailml.settings import RecommendSettings, Settings
-from retailml.stages.recommend.data import check_transactions
+from retailml.stages.recommend.data import check_transactions, persist
 from retailml.stages.recommend.serving import gold_rows, serve
 
 
@@ -49,6 +52,7 @@ class Inputs:
 CONSTRAINTS = {
     "rank_from_1": f"{S.RANK} >= 1",
     "list_is_known": f"{S.LIST} IN ('{S.FOR_YOU}', '{S.DISCOVER}')",
+    "computed_by_as_of": f"{S.COMPUTED_AS_OF} IS NULL OR {S.COMPUTED_AS_OF} <= {S.AS_OF_DATE}",
 }
 
 
@@ -89,25 +93,29 @@ def write_lists(
     *,
     cfg: RecommendSettings,
     keep: list[DataFrame],
+    carried: Carried | None = None,
 ) -> dict[tuple[str, str], int]:
-    """Serve both lists with ``serving`` at the as-of date, replace the date's rows of
-    ``gold.recommendations``; the rows written per list and source."""
+    """Serve both lists with ``serving`` at the as-of date — to every customer, or with
+    ``carried`` to its ``fresh`` customers, the others keeping its rows — and replace the
+    date's rows of ``gold.recommendations``; the rows written per list and source."""
     as_of = inputs.as_of
+    customers = inputs.customers
+    if carried is not None:
+        customers = customers.join(carried.fresh, S.CUSTOMER_ID, "left_semi")
     recommendations = serve(
         serving,
         inputs.transactions,
-        inputs.customers,
+        customers,
         as_of=as_of,
         half_life=half_life,
         cfg=cfg,
         categories=inputs.categories,
         keep=keep,
     )
-    lake.replace_where(
-        "gold.recommendations",
-        gold_rows(recommendations, inputs.products, as_of=as_of, model_version=version),
-        f"{S.AS_OF_DATE} = '{as_of.isoformat()}'",
-    )
+    rows = gold_rows(recommendations, inputs.products, as_of=as_of, model_version=version)
+    if carried is not None:
+        rows = rows.unionByName(carried.rows)
+    lake.replace_where("gold.recommendations", rows, f"{S.AS_OF_DATE} = '{as_of.isoformat()}'")
     lake.add_constraints("gold.recommendations", CONSTRAINTS)
     return rows_by_source(lake, as_of)
 
@@ -125,6 +133,76 @@ def retrain_reason(
 
 
 @dataclass(frozen=True)
+class Carried:
+    """The lists kept from the last as-of date, and who is served again."""
+
+    rows: DataFrame  # gold.recommendations rows, moved to the new as-of date
+    fresh: DataFrame  # customer_id of the customers served again (one row each)
+    previous_as_of: date
+    customers: int  # customers who keep their lists
+
+
+def carry_forward(
+    lake: Lakehouse,
+    inputs: Inputs,
+    version: str,
+    previous: lineage.Inputs | None,
+    *,
+    refresh_days: int,
+    keep: list[DataFrame],
+) -> Carried | None:
+    """Which customers to serve again when the champion serves as it is, and the lists the
+    others keep; None when everyone is served (``refresh_days`` 0, ``workflow.full``, no lists
+    of an earlier date from this champion version, or the silver.customers version the task
+    last read is gone).
+
+    A customer keeps the lists the task wrote last (moved to the new as-of date, ``computed_as_of``
+    unchanged) when their ``silver.customers`` row is exactly as the task last read it (no
+    purchase, return or correction since: Delta time travel to that version) and the lists
+    are younger than ``refresh_days`` at the new date. Everyone else — new customers, changed
+    ones, due lists — is served again. A kept list is what the model said at its
+    ``computed_as_of``: the products are the same, the time-decayed scores a few days older.
+    """
+    if refresh_days == 0 or lake.settings.workflow.full or previous is None:
+        return None
+    at = previous.versions.get("silver.customers", -1)
+    gold = lake.read("gold.recommendations")
+    # The lists the task wrote last: an earlier date's, or this date's when a late file
+    # changed silver without a newer event.
+    last = gold.where(F.col(S.AS_OF_DATE) <= F.lit(inputs.as_of)).agg(F.max(S.AS_OF_DATE)).first()
+    if at < 0 or last is None or last[0] is None:
+        return None
+    previous_as_of: date = last[0]
+    earlier = gold.where(F.col(S.AS_OF_DATE) == F.lit(previous_as_of))
+    if {r[0] for r in earlier.select(S.MODEL_VERSION).distinct().collect()} != {version}:
+        return None
+    computed = F.lit(previous_as_of)
+    if S.COMPUTED_AS_OF in gold.columns:  # lists written before the column was added
+        computed = F.coalesce(F.col(S.COMPUTED_AS_OF), computed)
+    young = earlier.where(computed > F.lit(inputs.as_of - timedelta(days=refresh_days)))
+    now = lake.read("silver.customers")
+    try:
+        changed = now.subtract(lake.read("silver.customers", at)).select(S.CUSTOMER_ID)
+        kept = persist(
+            young.select(S.CUSTOMER_ID)
+            .distinct()
+            .join(changed, S.CUSTOMER_ID, "left_anti")
+            .join(now.select(S.CUSTOMER_ID), S.CUSTOMER_ID, "left_semi"),
+            keep,
+        )
+        carried = kept.count()
+    except (PySparkException, Py4JJavaError):  # that version's files were vacuumed
+        return None
+    rows = young.join(kept, S.CUSTOMER_ID, "left_semi").select(
+        *[c for c in S.RECOMMENDATIONS.fieldNames() if c not in (S.AS_OF_DATE, S.COMPUTED_AS_OF)],
+        F.lit(inputs.as_of).alias(S.AS_OF_DATE),
+        computed.alias(S.COMPUTED_AS_OF),
+    )
+    fresh = inputs.customers.select(S.CUSTOMER_ID).join(kept, S.CUSTOMER_ID, "left_anti")
+    return Carried(rows, fresh, previous_as_of, carried)
+
+
+@dataclass(frozen=True)
 class ServedResult:
     """The champion served as it is (no retraining was needed)."""
 
@@ -135,17 +213,26 @@ class ServedResult:
     rows_by_source: dict[tuple[str, str], int]
     customers: int
     seconds: float
+    carried: int = 0  # customers whose lists were carried forward
+    previous_as_of: date | None = None
 
     def headline(self) -> str:
         return f"{self.rows_written:,} rows from champion version {self.model_version} (served)"
 
     def summary(self) -> list[str]:
-        return [
+        lines = [
             f"no retraining needed: champion version {self.model_version} is "
             f"{self.age_days:.1f} days old and the settings are unchanged; served as it is",
             f"gold.recommendations as of {self.as_of}: {self.rows_written:,} rows for "
             f"{self.customers:,} customers",
         ]
+        if self.carried:
+            lines.append(
+                f"lists served again to {self.customers - self.carried:,} customers (new, "
+                f"changed, or due); {self.carried:,} unchanged kept those of "
+                f"{self.previous_as_of} or earlier (recommend.refresh_days)"
+            )
+        return lines
 
 
 def serve_champion(
@@ -156,14 +243,19 @@ def serve_champion(
     *,
     cfg: RecommendSettings,
     started: float,
+    previous: lineage.Inputs | None,
 ) -> ServedResult:
     """Both lists from the champion at the new as-of date, without tuning or training: its
-    ALS factors, rankers and half-life; the generators run on all history as always."""
+    ALS factors, rankers and half-life; the generators run on all history as always, for the
+    customers whose lists are due (:func:`carry_forward`)."""
     serving, version, half_life = champion_model(client, cfg, str(champion.version))
     kept: list[DataFrame] = []
     try:
+        carried = carry_forward(
+            lake, inputs, version, previous, refresh_days=cfg.refresh_days, keep=kept
+        )
         by_source = write_lists(
-            lake, serving, version, half_life or 90.0, inputs, cfg=cfg, keep=kept
+            lake, serving, version, half_life or 90.0, inputs, cfg=cfg, keep=kept, carried=carried
         )
     finally:
         for df in kept:
@@ -176,6 +268,8 @@ def serve_champion(
         rows_by_source=by_source,
         customers=inputs.customers.count(),
         seconds=time.monotonic() - started,
+        carried=carried.customers if carried else 0,
+        previous_as_of=carried.previous_as_of if carried else None,
     )
 
 

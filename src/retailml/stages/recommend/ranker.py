@@ -415,6 +415,9 @@ def candidates_at(
     days = persist(purchase_days(transactions, end=end), keep)
     bought = persist(purchased(before).join(who, S.CUSTOMER_ID, "left_semi"), keep)
     repeats = repeat(days, end=end, half_life=half_life)
+    mine = persist(repeats.join(who, S.CUSTOMER_ID, "left_semi"), keep)
+    # Only the neighbours of products these customers bought are read (fewer pairs to count
+    # when serving a few customers).
     neighbours = persist(
         item_neighbours(
             days,
@@ -422,6 +425,7 @@ def candidates_at(
             lookback_days=cfg.knn_lookback_days,
             neighbours=cfg.knn_neighbours,
             recent_products=cfg.knn_recent_products,
+            items=mine.select(S.PRODUCT_ID).distinct(),
         ),
         keep,
     )
@@ -430,7 +434,6 @@ def candidates_at(
             popularity(transactions, end=end, days=cfg.popular_days, min_country_products=cfg.k),
             keep,
         )
-    mine = persist(repeats.join(who, S.CUSTOMER_ID, "left_semi"), keep)
     depth = cfg.candidates
     knn = persist(item_knn(mine, neighbours), keep)
     als = persist(als_candidates(als_model, indexers, who, depth=depth, exclude=bought), keep)

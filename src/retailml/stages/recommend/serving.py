@@ -180,6 +180,7 @@ def gold_rows(
         S.SOURCE,
         F.lit(model_version).cast("string").alias(S.MODEL_VERSION),
         F.lit(as_of).cast("date").alias(S.AS_OF_DATE),
+        F.lit(as_of).cast("date").alias(S.COMPUTED_AS_OF),
     )
 
 

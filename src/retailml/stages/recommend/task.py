@@ -221,7 +221,9 @@ def recommend(
     client = tracking.configure(settings)
     reason, champion = retrain_reason(settings, client, now)
     if reason is None and champion is not None:
-        return serve_champion(lake, client, inputs, champion, cfg=cfg, started=started)
+        return serve_champion(
+            lake, client, inputs, champion, cfg=cfg, started=started, previous=now.previous
+        )
     tuned_mode, blocks = NEW if cfg.exclude_purchased else ALL, als_blocks(spark)
     # xgboost.spark logs every boosting round at INFO.
     logging.getLogger("XGBoost-PySpark").setLevel(logging.WARNING)
