@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 from retailml import schemas as S
 from retailml.stages.recommend.als import MASKED, audience, scored_candidates
 from retailml.stages.recommend.data import ITEM as ITEM_IDX
-from retailml.stages.recommend.data import POSITION, Indexers, known_purchases
+from retailml.stages.recommend.data import POSITION, Indexers, known_purchases, persist
 
 REPEAT = "repeat"
 ITEM_KNN = "item_knn"
@@ -94,6 +94,7 @@ def item_neighbours(
     neighbours: int,
     recent_products: int,
     items: DataFrame | None = None,
+    keep: list[DataFrame] | None = None,
 ) -> DataFrame:
     """Each product's most similar products by co-purchase cosine similarity.
 
@@ -106,31 +107,42 @@ def item_neighbours(
         items: ``product_id`` of the products whose neighbours are wanted (None: every
             product). A product's neighbours do not depend on which others are asked for; the
             buyer counts the similarity divides by still come from every customer.
+        keep: When given, the customers' baskets (read twice) are persisted into it.
 
     Returns:
         ``item, neighbour, similarity`` with similarity in (0, 1].
     """
     recent = days.where(F.col(S.EVENT_DATE) >= F.lit(end - timedelta(days=lookback_days)))
-    pairs = recent.groupBy(S.CUSTOMER_ID, S.PRODUCT_ID).agg(F.max(S.EVENT_DATE).alias("_last"))
-    newest = Window.partitionBy(S.CUSTOMER_ID).orderBy(F.col("_last").desc(), S.PRODUCT_ID)
-    pairs = (
-        pairs.withColumn("_n", F.row_number().over(newest))
-        .where(F.col("_n") <= recent_products)
-        .select(S.CUSTOMER_ID, S.PRODUCT_ID)
+    last = recent.groupBy(S.CUSTOMER_ID, S.PRODUCT_ID).agg(F.max(S.EVENT_DATE).alias("_last"))
+    # One array per customer, newest product first (product id on ties): the pairs are made
+    # inside each array, so no self-join shuffles every customer's products (half the time at
+    # M, same neighbours).
+    newest_first = F.struct(
+        F.datediff(F.lit(end), F.col("_last")).alias("_age"), F.col(S.PRODUCT_ID).alias("_p")
     )
-    buyers = pairs.groupBy(S.PRODUCT_ID).agg(F.count(F.lit(1)).alias("_buyers"))
-    left = pairs if items is None else pairs.join(items, S.PRODUCT_ID, "left_semi")
-    left = left.select(S.CUSTOMER_ID, F.col(S.PRODUCT_ID).alias(ITEM))
-    right = pairs.select(S.CUSTOMER_ID, F.col(S.PRODUCT_ID).alias(NEIGHBOUR))
+    baskets = last.groupBy(S.CUSTOMER_ID).agg(
+        F.slice(F.sort_array(F.collect_list(newest_first)), 1, recent_products)["_p"].alias("_in")
+    )
+    if keep is not None:
+        baskets = persist(baskets, keep)
+    buyers = (
+        baskets.select(F.explode("_in").alias(S.PRODUCT_ID))
+        .groupBy(S.PRODUCT_ID)
+        .agg(F.count(F.lit(1)).alias("_buyers"))
+    )
+    left = baskets.select(F.explode("_in").alias(ITEM), "_in")
+    if items is not None:
+        left = left.join(F.broadcast(items.toDF(ITEM)), ITEM, "left_semi")
     together = (
-        left.join(right, S.CUSTOMER_ID)
+        left.select(ITEM, F.explode("_in").alias(NEIGHBOUR))
         .where(F.col(ITEM) != F.col(NEIGHBOUR))
         .groupBy(ITEM, NEIGHBOUR)
         .agg(F.count(F.lit(1)).alias("_both"))
     )
+    # One row per product: small enough to broadcast to both sides.
     similarity = (
-        together.join(buyers.toDF(ITEM, "_bi"), ITEM)
-        .join(buyers.toDF(NEIGHBOUR, "_bj"), NEIGHBOUR)
+        together.join(F.broadcast(buyers.toDF(ITEM, "_bi")), ITEM)
+        .join(F.broadcast(buyers.toDF(NEIGHBOUR, "_bj")), NEIGHBOUR)
         .select(
             ITEM,
             NEIGHBOUR,

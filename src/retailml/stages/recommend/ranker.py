@@ -426,6 +426,7 @@ def candidates_at(
             neighbours=cfg.knn_neighbours,
             recent_products=cfg.knn_recent_products,
             items=mine.select(S.PRODUCT_ID).distinct(),
+            keep=keep,
         ),
         keep,
     )
