@@ -201,6 +201,8 @@ def test_job_parameters_default_from_settings(tmp_path: Path) -> None:
         "experiment_dir": "/Shared",
         "volume_dir": "/Volumes/prod/sales/retailml",
         "source": "",
+        "full": "false",
+        "retrain": "false",
     }
 
 
@@ -244,6 +246,8 @@ def parse_task_command(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]
             "experiment_dir": "/Shared",
             "volume_dir": "/Volumes/main/retailml/retailml",
             "source": "",
+            "full": "false",
+            "retrain": "false",
         },
         {
             "catalog": "prod",
@@ -251,6 +255,8 @@ def parse_task_command(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]
             "experiment_dir": "/Workspace/Shared/retail",
             "volume_dir": "/Volumes/prod/sales_2024/landing",
             "source": "/Volumes/prod/sales_2024/landing/online_retail_II.csv",
+            "full": "true",
+            "retrain": "true",
         },
     ],
 )
@@ -286,6 +292,9 @@ def test_task_parameters_parse_into_databricks_settings(
         assert s.path(s.data_dir) == f"{values['volume_dir']}/data"
         assert s.path(s.report.dir) == f"{values['volume_dir']}/reports"
         assert s.ingest.source == values["source"]
+        # A run started with full=true or retrain=true is `retailml run --full` / `--retrain`.
+        assert s.workflow.full is (values["full"] == "true")
+        assert s.workflow.retrain is (values["retrain"] == "true")
 
 
 def test_model_and_experiment_names_follow_the_settings(tmp_path: Path) -> None:

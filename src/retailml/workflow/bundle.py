@@ -95,6 +95,9 @@ def job_parameters(settings: Settings) -> dict[str, str]:
         "experiment_dir": EXPERIMENT_DIR,
         "volume_dir": f"/Volumes/{wf.job_catalog}/{wf.job_schema}/{VOLUME_NAME}",
         "source": "",
+        # `retailml run --full` / `--retrain` for one run: `--params full=true`.
+        "full": "false",
+        "retrain": "false",
     }
 
 
@@ -129,6 +132,8 @@ def task_parameters(settings: Settings, task_key: str) -> list[str]:
         "data_dir": f"{volume}/data",
         "report.dir": f"{volume}/reports",
         "ingest.source": _ref("source"),
+        "workflow.full": _ref("full"),
+        "workflow.retrain": _ref("retrain"),
     }
     args: list[str] = []
     for key, value in overrides.items():
