@@ -16,7 +16,7 @@ from tests.conftest import make_settings
 
 def _recommendations(spark: SparkSession, customers: range, as_of: date):  # type: ignore[no-untyped-def]
     rows = [
-        (f"c{c}", S.FOR_YOU, r, f"p{r}", f"product {r}", 0.5, S.SOURCE_POPULAR, None, as_of)
+        (f"c{c}", S.FOR_YOU, r, f"p{r}", f"product {r}", 0.5, S.SOURCE_POPULAR, None, as_of, as_of)
         for c in customers
         for r in (1, 2)
     ]
