@@ -193,9 +193,7 @@ def task(state: _State, name: str, source: str | None, run_id: str | None) -> No
     is_flag=True,
     help="Re-read every source file and redo every task, even where nothing changed.",
 )
-@click.option(
-    "--retrain", is_flag=True, help="Retrain the propensity models even if nothing asks for it."
-)
+@click.option("--retrain", is_flag=True, help="Retrain the models even if nothing asks for it.")
 @pass_state
 def run(
     state: _State,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from retailml import lineage
@@ -514,13 +515,19 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     assert sorted(again) == sorted(rows)
 
     # The next day c02 buys again. The champion serves as it is: c02's lists are computed at
-    # the new date, the others' are carried forward from the day before (computed_as_of).
+    # the new date, and those of the customers whose day of the 7-day refresh cycle it is;
+    # the others' are carried forward from the day before (computed_as_of).
     history = [*two_taste_history(), ("n1", "c02", "p3", 1, "2011-04-01", "purchase", "UK")]
     lake = write_silver(settings, spark, history)
+    today = (date(2011, 4, 2) - date(1970, 1, 1)).days % 7
+    slots = spark.createDataFrame([(c,) for c in sorted(known)], "customer_id string")
+    slots = slots.select("customer_id", F.pmod(F.xxhash64("customer_id"), F.lit(7)).alias("s"))
+    fresh = {"c02"} | {r.customer_id for r in slots.collect() if r.s == today}
+    assert len(fresh) < len(known)
     daily = recommend.run(settings, spark)
     assert isinstance(daily, recommend.ServedResult), daily
-    assert daily.carried == len(known) - 1 and daily.previous_as_of == date(2011, 4, 1)
-    assert any("served again to 1 customers" in line for line in daily.summary())
+    assert daily.carried == len(known) - len(fresh) and daily.previous_as_of == date(2011, 4, 1)
+    assert any(f"served again to {len(fresh)} customers" in line for line in daily.summary())
 
     def lists(as_of: date) -> dict[tuple[str, str], list[tuple[int, str, date]]]:
         got: dict[tuple[str, str], list[tuple[int, str, date]]] = defaultdict(list)
@@ -531,7 +538,7 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     before, after = lists(date(2011, 4, 1)), lists(date(2011, 4, 2))
     assert set(after) == set(before) and daily.rows_written == 2 * 3 * len(known)
     for (customer, name), recs in after.items():
-        if customer == "c02":
+        if customer in fresh:
             assert {computed for _, _, computed in recs} == {date(2011, 4, 2)}
         else:
             assert recs == before[(customer, name)]  # computed 2011-04-01

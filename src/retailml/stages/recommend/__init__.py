@@ -81,7 +81,8 @@ changed, the recommender is tuned and trained again only if asked (``workflow.re
 there is no two-stage champion, if the recommend settings changed, or if the champion is older
 than ``workflow.max_champion_age_days``; otherwise the champion serves both lists at the new
 as-of date as it is (its ALS factors and rankers; the generators run on all history, so new
-customers and products still get repeat, item-kNN and popularity candidates).
+customers and products still get repeat, item-kNN and popularity candidates), to the
+customers whose lists are due; the others keep theirs (``publish.carry_forward``).
 """
 
 from retailml.stages.recommend.als import (

@@ -5,6 +5,7 @@ nothing asks for retraining (:func:`retrain_reason`), to the customers whose lis
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -45,6 +46,8 @@ class Inputs:
     def categories(self) -> DataFrame:
         return self.products.select(S.PRODUCT_ID, S.CATEGORY)
 
+
+_log = logging.getLogger(__name__)
 
 # Every writer of gold.recommendations is held to these (Delta CHECK constraints). The rank's
 # upper bound is recommend.k, a setting, so it is not a constraint: a smaller k would be
@@ -156,11 +159,14 @@ def carry_forward(
     of an earlier date from this champion version, or the silver.customers version the task
     last read is gone).
 
-    A customer keeps the lists the task wrote last (moved to the new as-of date, ``computed_as_of``
-    unchanged) when their ``silver.customers`` row is exactly as the task last read it (no
-    purchase, return or correction since: Delta time travel to that version) and the lists
-    are younger than ``refresh_days`` at the new date. Everyone else — new customers, changed
-    ones, due lists — is served again. A kept list is what the model said at its
+    A customer keeps the lists the task wrote last — at an earlier date, or at this one when a
+    late file changed silver without a newer event — moved to the new as-of date,
+    ``computed_as_of`` unchanged, when their ``silver.customers`` row is exactly as the task
+    last read it (no purchase, return or correction since: Delta time travel to that version)
+    and the lists are not due: younger than ``refresh_days`` at the new date, and this is not
+    the customer's day of the ``refresh_days`` cycle (a hash of the id: after a full serve,
+    about ``1 / refresh_days`` of the lists come due each day). Everyone else — new
+    customers, changed ones, due lists — is served again. A kept list is what the model said at its
     ``computed_as_of``: the products are the same, the time-decayed scores a few days older.
     """
     if refresh_days == 0 or lake.settings.workflow.full or previous is None:
@@ -173,16 +179,24 @@ def carry_forward(
     if at < 0 or last is None or last[0] is None:
         return None
     previous_as_of: date = last[0]
+    if gold.where(F.col(S.AS_OF_DATE) > F.lit(inputs.as_of)).limit(1).count():
+        return None  # the as-of date went back (newest events removed): serve everyone
     earlier = gold.where(F.col(S.AS_OF_DATE) == F.lit(previous_as_of))
     if {r[0] for r in earlier.select(S.MODEL_VERSION).distinct().collect()} != {version}:
         return None
     computed = F.lit(previous_as_of)
     if S.COMPUTED_AS_OF in gold.columns:  # lists written before the column was added
         computed = F.coalesce(F.col(S.COMPUTED_AS_OF), computed)
-    young = earlier.where(computed > F.lit(inputs.as_of - timedelta(days=refresh_days)))
+    # Each customer's lists are also due on their own day of the refresh_days cycle (a hash
+    # of the id), so after a full serve they come due a share a day, not all on one day.
+    slot = F.pmod(F.xxhash64(F.col(S.CUSTOMER_ID)), F.lit(refresh_days))
+    today = (inputs.as_of - date(1970, 1, 1)).days % refresh_days
+    due = (slot == F.lit(today)) & (computed < F.lit(inputs.as_of))
+    young = earlier.where((computed > F.lit(inputs.as_of - timedelta(days=refresh_days))) & ~due)
     now = lake.read("silver.customers")
     try:
-        changed = now.subtract(lake.read("silver.customers", at)).select(S.CUSTOMER_ID)
+        then = lake.read("silver.customers", at)
+        changed = now.subtract(then.select(*now.columns)).select(S.CUSTOMER_ID)
         kept = persist(
             young.select(S.CUSTOMER_ID)
             .distinct()
@@ -191,13 +205,17 @@ def carry_forward(
             keep,
         )
         carried = kept.count()
-    except (PySparkException, Py4JJavaError):  # that version's files were vacuumed
+    except (PySparkException, Py4JJavaError) as error:  # e.g. that version was vacuumed
+        _log.warning("silver.customers v%s cannot be read; serving everyone: %s", at, error)
         return None
     rows = young.join(kept, S.CUSTOMER_ID, "left_semi").select(
         *[c for c in S.RECOMMENDATIONS.fieldNames() if c not in (S.AS_OF_DATE, S.COMPUTED_AS_OF)],
         F.lit(inputs.as_of).alias(S.AS_OF_DATE),
         computed.alias(S.COMPUTED_AS_OF),
     )
+    # Computed now: the write replaces rows of the table these are read from, and a write to a
+    # catalog table may refuse a plan that reads its own target.
+    rows = rows.localCheckpoint()
     fresh = inputs.customers.select(S.CUSTOMER_ID).join(kept, S.CUSTOMER_ID, "left_anti")
     return Carried(rows, fresh, previous_as_of, carried)
 

@@ -196,7 +196,11 @@ def run(
         lambda now: recommend(settings, spark, now),
         tables=["silver.transactions", "silver.customers", "silver.products"],
         outputs=["gold.recommendations"],
-        config=[settings.recommend, settings.seed],
+        # refresh_days only says which lists a serve keeps: changing it retrains nothing.
+        config=[
+            settings.recommend.model_dump(mode="json", exclude={"refresh_days"}),
+            settings.seed,
+        ],
         force=settings.workflow.retrain,
     )
 
