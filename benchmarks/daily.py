@@ -61,8 +61,22 @@ def _date(line: str) -> str | None:
 
 
 def run(folder: Path, source: Path, settings: tuple[str, ...], log: Path) -> tuple[float, dict]:
-    """``retailml run`` in ``folder``; its wall seconds and each task's (status, seconds)."""
-    command = [_retailml(), f"--set=ingest.source={source}", *(f"--set={s}" for s in settings)]
+    """``retailml run`` in ``folder``; its wall seconds and each task's (status, seconds). The
+    Spark event log goes to ``folder/events-<log name>`` (``benchmarks/sparkprofile.py`` reads
+    it)."""
+    events = folder / f"events-{log.stem}"
+    events.mkdir(parents=True, exist_ok=True)
+    conf = {
+        "spark.eventLog.enabled": "true",
+        "spark.eventLog.dir": str(events),
+        "spark.eventLog.compress": "false",
+    }
+    command = [
+        _retailml(),
+        f"--set=ingest.source={source}",
+        f"--set=spark.conf={json.dumps(conf)}",
+        *(f"--set={s}" for s in settings),
+    ]
     started = time.monotonic()
     proc = subprocess.run(
         [*command, "run"], cwd=folder, env=_clean_env(), capture_output=True, text=True

@@ -1,6 +1,7 @@
 """Where a benchmark run's time went, per workflow task, from its Spark event log.
 
     .venv/bin/python benchmarks/sparkprofile.py benchmarks/runs/M-<timestamp> [--top 8]
+    .venv/bin/python benchmarks/sparkprofile.py benchmarks/runs/M-daily-<timestamp>/events-daily
 
 For every task (jobs carry the job tag ``retailml-<run_id>-<task>-<attempt>``) it prints the
 number of Spark jobs, stages and Spark tasks, the seconds some job was running (the union of job
@@ -55,7 +56,7 @@ def read(folder: Path) -> tuple[str, dict[int, Job], dict[int, Stage]]:
     jobs: dict[int, Job] = {}
     stages: dict[int, Stage] = {}
     task_metrics: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for path in _event_files(folder / "events"):
+    for path in _event_files(_events(folder)):
         with path.open() as lines:
             for line in lines:
                 if not line.endswith("\n"):
@@ -107,10 +108,16 @@ def read(folder: Path) -> tuple[str, dict[int, Job], dict[int, Stage]]:
     return run_id, jobs, stages
 
 
+def _events(folder: Path) -> Path:
+    """A run folder's event log folder, or the folder itself when it is one (the daily
+    benchmark keeps ``events-full`` and ``events-daily``)."""
+    return folder / "events" if (folder / "events").is_dir() else folder
+
+
 def _run_id_from_log(folder: Path) -> str:
     """The workflow run's id: from the first job tag that names one (run.log may be unflushed
     while the run is going)."""
-    for path in _event_files(folder / "events"):
+    for path in _event_files(_events(folder)):
         with path.open() as lines:
             for line in lines:
                 found = re.search(r"retailml-(\d{8}-\d{6}-[0-9a-f]+)-[a-z_]+-\d+", line)
@@ -182,7 +189,11 @@ def report(folder: Path, *, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="a benchmarks/runs/<size>-<timestamp> folder")
+    parser.add_argument(
+        "folder",
+        type=Path,
+        help="a benchmarks/runs/<size>-<timestamp> folder, or an events folder of one",
+    )
     parser.add_argument("--top", type=int, default=8, help="call sites shown per task")
     args = parser.parse_args(argv)
     print(report(args.folder, top=args.top))
