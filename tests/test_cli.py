@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import csv
+import io
 import os
+import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -218,15 +222,57 @@ def test_run_end_to_end_on_generated_data(
 
     assert silver(full.output) == silver(day2.output)
 
-    # Drift above the threshold retrains.
+    assert f"numOutputRows={counts['silver.transactions']}" in history.output
+
+    # A shifted batch: on the last day every customer buys once more (a promotion day), so at
+    # the scoring cutoff every recency is a day. The next run finds the drift and retrains,
+    # even at five times the default threshold (150 customers: monitor.min_rows=1).
+    shifted_file = files[-1].parent / "promotion.csv"
+    shifted_file.write_text(promotion_day(files), encoding="utf-8")
     shifted = CliRunner().invoke(
         cli,
-        ["--set", "monitor.psi_threshold=0.0001", "--set", "monitor.min_rows=1", "run",
-         "--only", "train", "--full"],
+        ["--set", "monitor.psi_threshold=1.0", "--set", "monitor.min_rows=1", "run",
+         "--only", "ingest", "--only", "clean", "--only", "features", "--only", "train"],
     )  # fmt: skip
     assert shifted.exit_code == 0, shifted.output
-    assert "retrained: feature drift" in shifted.output
-    assert f"numOutputRows={counts['silver.transactions']}" in history.output
+    assert "merged the rows of 1 new or changed files" in shifted.output
+    reason = shifted.output.split("retrained: feature drift: ")[1].splitlines()[0]
+    assert float(reason.split(" PSI ")[1].split()[0]) > 1.0, reason
+
+
+def promotion_day(files: list[Path]) -> str:
+    """A file in the generated format in which every customer of ``files`` buys one unit of a
+    product they bought before, on the last day of the data."""
+
+    def dated(text: str | None) -> bool:  # the generator breaks some dates on purpose
+        try:
+            return datetime.strptime(text or "", "%Y-%m-%d %H:%M:%S") is not None
+        except ValueError:
+            return False
+
+    rows = [
+        row
+        for f in files
+        for row in csv.DictReader(f.read_text(encoding="utf-8").splitlines())
+        if dated(row["InvoiceDate"])
+    ]
+    last = max(row["InvoiceDate"][:10] for row in rows)
+    bought = {
+        row["Customer ID"]: row
+        for row in rows
+        if row["Customer ID"]
+        and row["StockCode"][:1].isdigit()
+        and re.fullmatch(r"[1-9]\d*", row["Quantity"] or "")
+        and re.fullmatch(r"\d*[1-9]\d*(\.\d+)?", row["Price"] or "")
+    }
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for i, row in enumerate(bought.values()):
+        writer.writerow(
+            {**row, "Invoice": f"P{i}", "Quantity": "1", "InvoiceDate": f"{last} 12:00:00"}
+        )
+    return out.getvalue()
 
 
 @pytest.mark.parametrize("command", [["run"], ["maintain"]], ids=" ".join)
