@@ -89,6 +89,9 @@ QUALITY = {
         "NDCG@k of the judged list (discover on new products by default)",
     ),
 }
+# From the event log (benchmarks/sparkprofile.py): per task, its Spark jobs, the seconds some
+# job was running, and the executor core-seconds spent running tasks, of which GC.
+PROFILE = ("spark_jobs", "busy_seconds", "core_seconds", "gc_seconds")
 COLUMNS = (
     "date",
     "size",
@@ -104,6 +107,7 @@ COLUMNS = (
     "cores",
     "total_seconds",
     *QUALITY,
+    *PROFILE,
 )
 SAMPLE_S = 0.5
 MB = 1024 * 1024
@@ -622,7 +626,8 @@ def save_results(path: Path, new: Sequence[dict]) -> None:
     bench.py) from their run folders while those are still there. Written to a temporary file
     first, so a failure cannot truncate the only record of earlier runs.
     """
-    rows = backfill_quality(read_results(path))
+    rows = backfill_profile(backfill_quality(read_results(path)))
+    new = backfill_profile([{**dict.fromkeys(PROFILE, ""), **r} for r in new])
     temporary = path.with_suffix(".tmp")
     with temporary.open("w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
@@ -643,6 +648,30 @@ def backfill_quality(rows: list[dict[str, str]]) -> list[dict[str, str]]:
             folder = run_folder(r["size"], datetime.strptime(r["date"], DATE))
             found[key] = read_quality(folder)
         r.update(found[key])
+    return rows
+
+
+def backfill_profile(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Fill the Spark profile of rows that have none from their run folder's event log (found
+    by size and start); rows whose folder or log is gone keep empty cells."""
+    from sparkprofile import task_profiles
+
+    found: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        if r["busy_seconds"]:
+            continue
+        key = (r["size"], r["date"])
+        if key not in found:
+            events = run_folder(r["size"], datetime.strptime(r["date"], DATE)) / "events"
+            found[key] = task_profiles(events) if events.is_dir() and _event_files(events) else {}
+        profile = found[key].get(r["task"])
+        if profile is not None:
+            r.update(
+                spark_jobs=str(profile.jobs),
+                busy_seconds=_fmt(profile.busy_s, 1),
+                core_seconds=_fmt(profile.core_s, 1),
+                gc_seconds=_fmt(profile.gc_s, 1),
+            )
     return rows
 
 
@@ -753,6 +782,34 @@ def _size_section(name: str, rows: Sequence[dict[str, str]]) -> list[str]:
             r["python_peak_mb"] or "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, "", *_profile_table(latest)]
+
+
+def _profile_table(latest: Sequence[dict[str, str]]) -> list[str]:
+    """Where each task's time went in the latest run, from its event log (none when the run's
+    folder was gone before its profile was recorded)."""
+    if not any(r["busy_seconds"] for r in latest):
+        return []
+    cores = int(latest[0]["cores"] or 1)
+    lines = [
+        "Where the time went (`benchmarks/sparkprofile.py` on the run's event log): *busy* is "
+        "the seconds some Spark job of the task was running, the rest of the task's seconds "
+        "the driver alone (planning, Python, MLflow, Delta commits); *core use* is the "
+        f"executor core-seconds running Spark tasks over busy × {cores} cores.",
+        "",
+        "| task | seconds | Spark jobs | busy s | driver-only s | executor core-s | core use "
+        "| GC s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in latest:
+        if not r["busy_seconds"] or not r["seconds"]:
+            continue
+        busy, core = float(r["busy_seconds"]), float(r["core_seconds"])
+        use = f"{core / (busy * cores):.0%}" if busy else "-"
+        lines.append(
+            f"| {r['task']} | {r['seconds']} | {int(r['spark_jobs']):,} | {busy:.1f} | "
+            f"{max(float(r['seconds']) - busy, 0):.1f} | {core:.1f} | {use} | {r['gc_seconds']} |"
+        )
     return [*lines, ""]
 
 

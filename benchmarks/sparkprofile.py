@@ -138,29 +138,63 @@ def _union_seconds(intervals: list[tuple[int, int]]) -> float:
     return total / 1000
 
 
-def report(folder: Path, *, top: int) -> str:
-    run_id, jobs, stages = read(folder)
+@dataclass(frozen=True)
+class Profile:
+    """One workflow task's Spark work: jobs, completed stages and Spark tasks; the seconds some
+    job was running (``busy_s``); executor core-seconds running tasks, and of that GC."""
+
+    jobs: int
+    stages: int
+    tasks: int
+    busy_s: float
+    core_s: float
+    gc_s: float
+    shuffle_mb: float
+    spill_mb: float
+
+
+def _by_task(jobs: dict[int, Job]) -> dict[str | None, list[Job]]:
     by_task: dict[str | None, list[Job]] = defaultdict(list)
     for job in jobs.values():
         by_task[job.task].append(job)
+    return dict(sorted(by_task.items(), key=lambda kv: min(j.start for j in kv[1])))
+
+
+def _profile(task_jobs: list[Job], stages: dict[int, Stage]) -> Profile:
+    st = [stages[s] for s in {s for j in task_jobs for s in j.stages if s in stages}]
+    return Profile(
+        jobs=len(task_jobs),
+        stages=len(st),
+        tasks=sum(s.tasks for s in st),
+        busy_s=_union_seconds([(j.start, j.end or j.start) for j in task_jobs]),
+        core_s=sum(s.run_s for s in st),
+        gc_s=sum(s.gc_s for s in st),
+        shuffle_mb=sum(s.shuffle_read + s.shuffle_write for s in st) / MB,
+        spill_mb=sum(s.spill for s in st) / MB,
+    )
+
+
+def task_profiles(folder: Path) -> dict[str | None, Profile]:
+    """Each workflow task's :class:`Profile` (None: jobs no task tag names), in run order."""
+    _, jobs, stages = read(folder)
+    return {task: _profile(task_jobs, stages) for task, task_jobs in _by_task(jobs).items()}
+
+
+def report(folder: Path, *, top: int) -> str:
+    run_id, jobs, stages = read(folder)
+    by_task = _by_task(jobs)
     out = [f"run {run_id}: {len(jobs)} jobs, {len(stages)} completed stages"]
     header = (
         f"{'task':<10} {'jobs':>5} {'stages':>6} {'tasks':>6} {'busy s':>7} {'run core-s':>10} "
         f"{'gc s':>6} {'shuffle MB':>10} {'spill MB':>8}"
     )
     out.append(header)
-    ordered = sorted(by_task, key=lambda t: min(j.start for j in by_task[t]))
+    ordered = list(by_task)
     for task in ordered:
-        task_jobs = by_task[task]
-        seen = {s for j in task_jobs for s in j.stages if s in stages}
-        st = [stages[s] for s in seen]
-        busy = _union_seconds([(j.start, j.end or j.start) for j in task_jobs])
+        p = _profile(by_task[task], stages)
         out.append(
-            f"{task or '(untagged)':<10} {len(task_jobs):>5} {len(st):>6} "
-            f"{sum(s.tasks for s in st):>6} {busy:>7.1f} {sum(s.run_s for s in st):>10.1f} "
-            f"{sum(s.gc_s for s in st):>6.1f} "
-            f"{sum(s.shuffle_read + s.shuffle_write for s in st) / MB:>10.1f} "
-            f"{sum(s.spill for s in st) / MB:>8.1f}"
+            f"{task or '(untagged)':<10} {p.jobs:>5} {p.stages:>6} {p.tasks:>6} {p.busy_s:>7.1f} "
+            f"{p.core_s:>10.1f} {p.gc_s:>6.1f} {p.shuffle_mb:>10.1f} {p.spill_mb:>8.1f}"
         )
     for task in ordered:
         task_jobs = by_task[task]
