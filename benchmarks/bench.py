@@ -663,7 +663,12 @@ def backfill_profile(rows: list[dict[str, str]]) -> list[dict[str, str]]:
         key = (r["size"], r["date"])
         if key not in found:
             events = run_folder(r["size"], datetime.strptime(r["date"], DATE)) / "events"
-            found[key] = task_profiles(events) if events.is_dir() and _event_files(events) else {}
+            found[key] = {}
+            if events.is_dir() and _event_files(events):
+                try:
+                    found[key] = task_profiles(events)
+                except (SystemExit, ValueError, KeyError) as error:  # a log cut short, or none
+                    print(f"no Spark profile from {events}: {error}", file=sys.stderr)
         profile = found[key].get(r["task"])
         if profile is not None:
             r.update(

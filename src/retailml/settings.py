@@ -302,8 +302,8 @@ class RecommendSettings(_Section):
     refresh_days: int = Field(
         7,
         ge=0,
-        description="When the champion serves as it is, customers unchanged since the last run "
-        "keep their lists (carried forward) until they are this many days old; 0: recompute all.",
+        description="When the champion serves as it is, unchanged customers keep their lists up "
+        "to this many days, served again on their own day of the cycle; 0: recompute all.",
     )
     experiment: str = "retailml-recommendations"
     model_name: str = "retailml-recommender"

@@ -107,3 +107,12 @@ def test_cross_fitted_calibration_carries_to_new_customers(spark: SparkSession) 
     # Measured: Brier 0.241 → 0.220, ECE 0.132 → 0.048.
     assert crossed[0] < in_sample[0] - 0.01
     assert crossed[1] < in_sample[1] / 2
+
+    # Every buyer in one fold of customers: the refit on the other fold would see one class,
+    # so the probabilities are left unscaled rather than scaled on the model's own rows.
+    folds = F.pmod(F.xxhash64("customer_id", F.lit(5)), F.lit(propensity.CROSS_FIT_FOLDS))
+    tiny = train.withColumn("label", F.when(folds == 0, F.col("label")).otherwise(0)).limit(40)
+    platt = propensity.calibration_for(
+        model, tiny, refit=pipe.fit, train=tiny, cross_fit=True, seed=5
+    )
+    assert platt == propensity.Platt()

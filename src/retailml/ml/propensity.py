@@ -11,12 +11,11 @@ cutoff (:func:`calibration_for`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from py4j.protocol import Py4JJavaError
-from pyspark.errors import PySparkException
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
 from pyspark.ml.feature import StandardScaler, VectorAssembler
@@ -26,6 +25,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from retailml import schemas as S
+
+_log = logging.getLogger(__name__)
 
 FOLD = "fold"  # a customer's cross-validation fold
 SCORE = "score"  # the predicted probability of a purchase
@@ -227,18 +228,37 @@ def calibration_for(
     ``CalibratedClassifierCV(ensemble=False)`` (Platt 1999 fits on held-out folds for the same
     reason). Measured on generated M data
     (xgboost, 66,595 held-out customers): held-out expected calibration error 0.0209 → 0.0181,
-    Brier 0.1749 → 0.1747, for two extra fits of half the rows. A refit that cannot learn
-    from its fold (tiny data) falls back to ``model``'s own scores.
+    Brier 0.1749 → 0.1747, for two extra fits of half the rows. When a fold's refit would see
+    one class only or a fold has no calibration rows (tiny data), there is no scaling (a
+    warning says so): a scaling fitted on the model's own training rows is the bias above.
     """
-    if cross_fit:
-        try:
-            return _cross_fitted(calibration, refit=refit, train=train, seed=seed)
-        except (ValueError, PySparkException, Py4JJavaError):
-            pass  # a fold a refit cannot learn from (tiny data): the model's own scores
     try:
-        return fit_platt(score_column(model.transform(calibration)))
-    except ValueError:
+        if not cross_fit:
+            return fit_platt(score_column(model.transform(calibration)))
+        if _can_cross_fit(train, calibration, seed):
+            return _cross_fitted(calibration, refit=refit, train=train, seed=seed)
+        _log.warning(
+            "calibration: too few rows for %d folds of customers with both classes; "
+            "probabilities left unscaled",
+            CROSS_FIT_FOLDS,
+        )
         return Platt()
+    except ValueError:  # calibration labels of one class
+        return Platt()
+
+
+def _folds(seed: int) -> Column:
+    return F.pmod(F.xxhash64(F.col(S.CUSTOMER_ID), F.lit(seed)), F.lit(CROSS_FIT_FOLDS))
+
+
+def _can_cross_fit(train: DataFrame, calibration: DataFrame, seed: int) -> bool:
+    """Whether every fold's refit sees both classes and every fold has calibration rows."""
+    fitted = train.select(_folds(seed).alias("f"), F.col(S.LABEL)).distinct().collect()
+    scored = {r[0] for r in calibration.select(_folds(seed)).distinct().collect()}
+    return all(
+        {r[1] for r in fitted if r[0] != fold} >= {0, 1} and fold in scored
+        for fold in range(CROSS_FIT_FOLDS)
+    )
 
 
 def _cross_fitted(
@@ -248,7 +268,7 @@ def _cross_fitted(
     train: DataFrame,
     seed: int,
 ) -> Platt:
-    folds = F.pmod(F.xxhash64(F.col(S.CUSTOMER_ID), F.lit(seed)), F.lit(CROSS_FIT_FOLDS))
+    folds = _folds(seed)
     scored = None
     for fold in range(CROSS_FIT_FOLDS):
         fitted = refit(train.where(folds != fold))

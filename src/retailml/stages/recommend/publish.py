@@ -156,8 +156,8 @@ def carry_forward(
 ) -> Carried | None:
     """Which customers to serve again when the champion serves as it is, and the lists the
     others keep; None when everyone is served (``refresh_days`` 0, ``workflow.full``, no lists
-    of an earlier date from this champion version, or the silver.customers version the task
-    last read is gone).
+    of an earlier date from this champion version, gold holds lists of a later date than the
+    new one, or the silver.customers version the task last read is gone).
 
     A customer keeps the lists the task wrote last — at an earlier date, or at this one when a
     late file changed silver without a newer event — moved to the new as-of date,
