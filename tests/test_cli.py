@@ -224,8 +224,8 @@ def test_run_end_to_end_on_generated_data(
 
     assert f"numOutputRows={counts['silver.transactions']}" in history.output
 
-    # A shifted batch: on the last day every customer buys once more (a promotion day), so at
-    # the scoring cutoff every recency is a day. The next run finds the drift and retrains,
+    # A shifted batch: on the last day two customers in three buy once more (a promotion day),
+    # so at the scoring cutoff most recencies are a day. The next run finds the drift and retrains,
     # even at five times the default threshold (150 customers: monitor.min_rows=1).
     def largest_psi() -> float:
         drift = spark.read.format("delta").load(str(in_tmp / "lakehouse" / "ops" / "drift"))
@@ -248,8 +248,8 @@ def test_run_end_to_end_on_generated_data(
 
 
 def promotion_day(files: list[Path]) -> str:
-    """A file in the generated format in which every customer of ``files`` buys one unit of a
-    product they bought before, on the last day of the data."""
+    """A file in the generated format in which two of every three customers of ``files`` buy
+    one unit of a product they bought before, on the last day of the data."""
 
     def dated(text: str | None) -> bool:  # the generator breaks some dates on purpose
         try:
@@ -281,10 +281,11 @@ def promotion_day(files: list[Path]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    for i, row in enumerate(bought.values()):
-        writer.writerow(
-            {**row, "Invoice": f"P{i}", "Quantity": "1", "InvoiceDate": f"{last} 12:00:00"}
-        )
+    for i, (_, row) in enumerate(sorted(bought.items())):
+        if i % 3:  # two customers in three: the holdout's labels must not all be 1
+            writer.writerow(
+                {**row, "Invoice": f"P{i}", "Quantity": "1", "InvoiceDate": f"{last} 12:00:00"}
+            )
     return out.getvalue()
 
 
