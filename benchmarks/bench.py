@@ -331,22 +331,27 @@ def run_folder(size: str, started: datetime) -> Path:
     return BENCH / "runs" / f"{size}-{started:%Y%m%d-%H%M%S}"
 
 
-def run_workflow(
-    data: Path, folder: Path, settings: Sequence[str], *, size: str, started: datetime
-) -> Run:
-    """Run ``retailml run`` in ``folder`` on ``data``, sampling memory until it ends."""
-    events = folder / "events"
-    events.mkdir(parents=True)
+def event_log_setting(events: Path) -> str:
+    """The ``--set`` that has ``retailml`` write Spark's event log into ``events``."""
     conf = {
         "spark.eventLog.enabled": "true",
         "spark.eventLog.dir": str(events),
         # Plain JSON lines (Spark 4 compresses event logs by default).
         "spark.eventLog.compress": "false",
     }
+    return f"--set=spark.conf={json.dumps(conf)}"
+
+
+def run_workflow(
+    data: Path, folder: Path, settings: Sequence[str], *, size: str, started: datetime
+) -> Run:
+    """Run ``retailml run`` in ``folder`` on ``data``, sampling memory until it ends."""
+    events = folder / "events"
+    events.mkdir(parents=True)
     command = [
         _retailml(),
         f"--set=ingest.source={data}",
-        f"--set=spark.conf={json.dumps(conf)}",
+        event_log_setting(events),
         *(f"--set={s}" for s in settings),
         "run",
     ]

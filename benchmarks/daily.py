@@ -26,7 +26,16 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import BENCH, ROOT, SIZES, _clean_env, _git_commit, _retailml, ensure_data
+from bench import (
+    BENCH,
+    ROOT,
+    SIZES,
+    _clean_env,
+    _git_commit,
+    _retailml,
+    ensure_data,
+    event_log_setting,
+)
 
 RESULTS = BENCH / "daily.csv"
 _ROW = re.compile(r"^(\w+)\s+(succeeded|failed|upstream_failed|timed_out)\s+(\d+)\s+([\d.]+|-)\s")
@@ -66,15 +75,10 @@ def run(folder: Path, source: Path, settings: tuple[str, ...], log: Path) -> tup
     it)."""
     events = folder / f"events-{log.stem}"
     events.mkdir(parents=True, exist_ok=True)
-    conf = {
-        "spark.eventLog.enabled": "true",
-        "spark.eventLog.dir": str(events),
-        "spark.eventLog.compress": "false",
-    }
     command = [
         _retailml(),
         f"--set=ingest.source={source}",
-        f"--set=spark.conf={json.dumps(conf)}",
+        event_log_setting(events),
         *(f"--set={s}" for s in settings),
     ]
     started = time.monotonic()

@@ -252,7 +252,8 @@ def _folds(seed: int) -> Column:
 
 
 def _can_cross_fit(train: DataFrame, calibration: DataFrame, seed: int) -> bool:
-    """Whether every fold's refit sees both classes and every fold has calibration rows."""
+    """Whether every fold's refit sees both classes and every fold has calibration rows (two
+    bounded collects: at most folds × 2 and folds rows)."""
     fitted = train.select(_folds(seed).alias("f"), F.col(S.LABEL)).distinct().collect()
     scored = {r[0] for r in calibration.select(_folds(seed)).distinct().collect()}
     return all(
