@@ -13,63 +13,9 @@ from retailml import schemas as S
 from retailml.generate import generate_data
 from retailml.lakehouse import Lakehouse
 from retailml.ml import registry, tracking
-from retailml.ml.propensity import with_customer_folds
-from retailml.ml.sample import customer_share
 from retailml.stages import train
 from retailml.workflow import run_task
 from tests.conftest import assert_delta_inputs, make_settings
-
-
-def test_customer_validation_split_validates_on_fold_zero(spark: SparkSession) -> None:
-    """Above the size setting, tuning fits each grid point on folds 1.. and measures it on the
-    customers of fold 0, then refits the best on every row."""
-    from pyspark.ml import Pipeline
-    from pyspark.ml.classification import LogisticRegression
-    from pyspark.ml.evaluation import BinaryClassificationEvaluator
-    from pyspark.ml.feature import VectorAssembler
-    from pyspark.ml.tuning import ParamGridBuilder
-
-    rows = [(f"c{i % 40}", float(i % 13), int(i % 13 > 5 if i % 4 else i % 2)) for i in range(400)]
-    df = with_customer_folds(
-        spark.createDataFrame(rows, "customer_id string, x double, label int"), folds=3, seed=7
-    )
-    lr = LogisticRegression(featuresCol="v", labelCol="label")
-    pipe = Pipeline(stages=[VectorAssembler(inputCols=["x"], outputCol="v"), lr])
-    grid = ParamGridBuilder().addGrid(lr.regParam, [0.0, 5.0]).build()
-    evaluator = BinaryClassificationEvaluator(labelCol="label")
-    tuned = train.CustomerValidationSplit(
-        estimator=pipe, estimatorParamMaps=grid, evaluator=evaluator
-    ).fit(df)
-
-    fitted_on = df.where("fold != 0")
-    measured_on = df.where("fold = 0")
-    expected = [evaluator.evaluate(pipe.fit(fitted_on, p).transform(measured_on)) for p in grid]
-    assert tuned.validationMetrics == pytest.approx(expected)
-    assert 0 < measured_on.count() < df.count()
-    best = max(range(2), key=lambda i: expected[i])
-    refit = pipe.fit(df, grid[best]).stages[-1]
-    assert tuned.bestModel.stages[-1].coefficients == refit.coefficients
-
-    # Tuned on a share of the customers (all their rows), refitted on every row.
-    split = train.CustomerValidationSplit(
-        estimator=pipe, estimatorParamMaps=grid, evaluator=evaluator, seed=3
-    )
-    split.sample = 0.5
-    sampled = split.fit(df)
-    kept = df.where(customer_share(3) < 0.5)
-    customers = {r.customer_id for r in kept.select("customer_id").distinct().collect()}
-    assert 10 < len(customers) < 30
-    assert kept.count() == 10 * len(customers)  # every row of a kept customer
-    expected = [
-        evaluator.evaluate(pipe.fit(kept.where("fold != 0"), p).transform(kept.where("fold = 0")))
-        for p in grid
-    ]
-    assert sampled.validationMetrics == pytest.approx(expected)
-    best = max(range(2), key=lambda i: expected[i])
-    assert (
-        sampled.bestModel.stages[-1].coefficients
-        == pipe.fit(df, grid[best]).stages[-1].coefficients
-    )
 
 
 @pytest.mark.slow

@@ -3,8 +3,10 @@ cutoffs, compare them on the later held-out cutoff, log everything to MLflow, an
 one challenge the registry's champion.
 
 Tuning uses cross-validation with folds grouped by customer (a customer's rows from different
-cutoffs never sit on both sides of a fold), or a train-validation split above a size setting.
-The held-out cutoff is never seen in tuning.
+cutoffs never sit on both sides of a fold) and successive halving over the folds (only the
+better half of the grid goes on to the next fold: :class:`~retailml.ml.tuning.SuccessiveHalvingCV`),
+or a train-validation split above a size setting. Grid points are fitted ``train.parallelism``
+at a time. The held-out cutoff is never seen in tuning.
 
 Probabilities are calibrated. Models are fitted without class weights, and each family's
 probabilities are Platt-scaled on the calibration cutoff of the holdout: 52 weeks before it (the
@@ -26,22 +28,14 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
-from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.spark
 from mlflow.utils.autologging_utils import disable_autologging
-from pyspark import inheritable_thread_target
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
-from pyspark.ml.tuning import (
-    CrossValidator,
-    TrainValidationSplit,
-    TrainValidationSplitModel,
-    _parallelFitTasks,
-)
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -65,7 +59,7 @@ from retailml.ml.propensity import (
     score_column,
     with_customer_folds,
 )
-from retailml.ml.sample import customer_share
+from retailml.ml.tuning import CustomerValidationSplit, SuccessiveHalvingCV
 from retailml.report import plots
 from retailml.settings import Settings, TrainSettings
 
@@ -132,50 +126,6 @@ class TrainResult:
         return lines
 
 
-class CustomerValidationSplit(TrainValidationSplit):
-    """A train-validation split whose validation rows are the customers of fold 0.
-
-    Like :class:`CrossValidator` with ``foldCol``, and unlike :class:`TrainValidationSplit`'s
-    random share of rows, a customer's rows from different cutoffs stay on one side, and the
-    split does not depend on how the rows are partitioned (``rand`` does), so a cluster and a
-    local run tune alike. ``trainRatio`` is ignored: the validation share is ``1 / folds``.
-    Each grid point is fitted once on the other folds; the best is refitted on all rows.
-
-    With ``sample`` below 1, the grid is tuned on that share of the customers (a hash of the
-    id, so the same customers every time) and only the refit sees every row: above a few
-    hundred thousand rows, more rows change which grid point wins little, but cost in
-    proportion.
-    """
-
-    sample: float = 1.0
-
-    def _fit(self, dataset: DataFrame) -> TrainValidationSplitModel:
-        est = self.getOrDefault(self.estimator)
-        grid = self.getOrDefault(self.estimatorParamMaps)
-        evaluator = self.getOrDefault(self.evaluator)
-        tuning = dataset
-        if self.sample < 1.0:
-            tuning = dataset.where(customer_share(self.getSeed()) < self.sample)
-        in_validation = F.col(FOLD) == 0
-        validation = tuning.where(in_validation).persist()
-        train = tuning.where(~in_validation).persist()
-        try:
-            tasks = map(
-                inheritable_thread_target(dataset.sparkSession),
-                _parallelFitTasks(est, train, evaluator, validation, grid, False),
-            )
-            metrics = [0.0] * len(grid)
-            with ThreadPool(processes=min(self.getParallelism(), len(grid))) as pool:
-                for index, metric, _ in pool.imap_unordered(lambda task: task(), tasks):
-                    metrics[index] = metric
-        finally:
-            train.unpersist()
-            validation.unpersist()
-        best = max(range(len(grid)), key=lambda i: metrics[i])
-        model = est.fit(dataset, grid[best])
-        return self._copyValues(TrainValidationSplitModel(model, metrics))
-
-
 def grids(cfg: TrainSettings) -> Grids:
     """The tuning grids the settings give."""
     return Grids(
@@ -199,7 +149,7 @@ def _tuner(pipe: Pipeline, grid: list[dict], *, rows: int, cfg: TrainSettings, s
         )
         split.sample = min(1.0, cfg.tune_max_rows / rows)
         return split
-    return CrossValidator(
+    return SuccessiveHalvingCV(
         estimator=pipe,
         estimatorParamMaps=grid,
         evaluator=evaluator,
