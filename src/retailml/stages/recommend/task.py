@@ -233,6 +233,7 @@ def recommend(
     logging.getLogger("XGBoost-PySpark").setLevel(logging.WARNING)
     kept: list[DataFrame] = []
     try:
+        inputs = inputs.cached(kept)
         data = evaluation_set(
             inputs.transactions,
             inputs.customers,
