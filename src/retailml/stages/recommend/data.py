@@ -59,15 +59,6 @@ def products_only(transactions: DataFrame) -> DataFrame:
     return transactions.where(F.col(S.LINE_KIND) == S.PRODUCT_LINE)
 
 
-def recommender_lines(transactions: DataFrame) -> DataFrame:
-    """The rows and columns of ``silver.transactions`` the recommender reads: purchase and
-    return lines of products, :data:`REQUIRED_COLUMNS`. Every generator, the evaluation and
-    the popularity ranking read through it, so it can be cached once per task instead of
-    scanned from Delta (and its files listed) at every cutoff."""
-    kinds = F.col(S.EVENT_TYPE).isin(S.PURCHASE, S.RETURN)
-    return products_only(transactions).where(kinds).select(*REQUIRED_COLUMNS)
-
-
 def _known(transactions: DataFrame) -> DataFrame:
     return products_only(transactions).where(F.col(S.CUSTOMER_ID).isNotNull() & ~F.col(S.IS_GUEST))
 

@@ -5,7 +5,6 @@ nothing asks for retraining (:func:`retrain_reason`), to the customers whose lis
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from retailml.ml import names as N
 from retailml.ml import registry
 from retailml.ml.retrain import champion_rules
 from retailml.settings import RecommendSettings, Settings
-from retailml.stages.recommend.data import check_transactions, persist, recommender_lines
+from retailml.stages.recommend.data import check_transactions, persist
 from retailml.stages.recommend.serving import gold_rows, serve
 
 
@@ -46,12 +45,6 @@ class Inputs:
     @property
     def categories(self) -> DataFrame:
         return self.products.select(S.PRODUCT_ID, S.CATEGORY)
-
-    def cached(self, keep: list[DataFrame]) -> Inputs:
-        """These inputs with the transactions narrowed to :func:`recommender_lines` and
-        persisted (into ``keep``): each cutoff's generators read them again."""
-        lines = persist(recommender_lines(self.transactions), keep)
-        return dataclasses.replace(self, transactions=lines)
 
 
 _log = logging.getLogger(__name__)
@@ -276,7 +269,6 @@ def serve_champion(
     serving, version, half_life = champion_model(client, cfg, str(champion.version))
     kept: list[DataFrame] = []
     try:
-        inputs = inputs.cached(kept)
         carried = carry_forward(
             lake, inputs, version, previous, refresh_days=cfg.refresh_days, keep=kept
         )

@@ -233,7 +233,6 @@ def recommend(
     logging.getLogger("XGBoost-PySpark").setLevel(logging.WARNING)
     kept: list[DataFrame] = []
     try:
-        inputs = inputs.cached(kept)
         data = evaluation_set(
             inputs.transactions,
             inputs.customers,
