@@ -47,12 +47,7 @@ from retailml.stages.recommend.data import (
     ratings,
     without_lineage,
 )
-from retailml.stages.recommend.evaluation import (
-    MODE_COLUMN,
-    EvaluationSet,
-    in_parallel,
-    metrics_of,
-)
+from retailml.stages.recommend.evaluation import MODE_COLUMN, EvaluationSet, metrics_of
 from retailml.stages.recommend.generators import ITEM_KNN, REPEAT, purchase_days, repeat
 from retailml.stages.recommend.ranker import (
     DISCOVER,
@@ -190,7 +185,7 @@ def train_two_stage(
     # The rankers learn from the windows before the evaluation window.
     earliest = known_purchases(transactions).agg(F.min(S.EVENT_DATE)).first()
     first = earliest[0] if earliest else None
-    chosen, learners = [], 0
+    windows, learners = [], 0
     for n in range(1, cfg.ranker_windows + 1):
         start = eval_cutoff - n * window
         if first is None or first >= start or learners >= cfg.ranker_max_customers:
@@ -202,19 +197,13 @@ def train_two_stage(
             _with_history(buys, transactions, start), cfg.ranker_max_customers - learners, seed
         )
         learners += count
-        chosen.append((start, who, buys))
-    if not chosen:
+        windows.append((at(start, who, half_life), buys))
+    if not windows:
         raise RetailmlError(
             f"no purchases before {eval_cutoff - window}: the ranker has no window before the "
             f"evaluation window to learn from; ingest more history or shorten recommend.eval_days"
         )
-    # Each cutoff's generators run many small Spark jobs that leave a core idle: the cutoffs
-    # are computed recommend.parallelism at a time (threads, one session).
-    jobs = [functools.partial(at, start, who, half_life) for start, who, _ in chosen]
-    jobs.append(functools.partial(at, eval_cutoff, data.customers, half_life, data.popular,
-                                  eval_als))  # fmt: skip
-    *computed, test = in_parallel(jobs, transactions.sparkSession, parallelism=cfg.parallelism)
-    windows = [(c, buys) for c, (_, _, buys) in zip(computed, chosen, strict=True)]
+    test = at(eval_cutoff, data.customers, half_life, data.popular, eval_als)
 
     truth = {
         mode: data.relevant.where(F.col(MODE_COLUMN) == mode).select(S.CUSTOMER_ID, S.PRODUCT_ID)
