@@ -205,12 +205,7 @@ class TrainSettings(_Section):
         description="Above this many training rows, the grid is tuned on a sample of customers "
         "with about this many rows; the chosen point is refitted on all rows.",
     )
-    parallelism: int = Field(
-        2,
-        ge=1,
-        description="Grid points fitted at once (threads, one session), so one point's small "
-        "jobs use the cores another's leave idle.",
-    )
+    parallelism: int = Field(2, ge=1, description="Grid points fitted at once (threads).")
     # The tuning grids, one list per hyperparameter (like the recommender's).
     logistic_reg_params: list[float] = Field(
         default_factory=lambda: [0.001, 0.01, 0.1], min_length=1
