@@ -12,6 +12,7 @@ from retailml.ml.propensity import with_customer_folds
 from retailml.ml.sample import customer_share
 from retailml.ml.tuning import CustomerValidationSplit, SuccessiveHalvingCV
 
+
 def _folded(spark: SparkSession) -> tuple[DataFrame, Pipeline, LogisticRegression]:
     """400 rows of 40 customers in 3 customer folds, and a one-feature logistic regression."""
     rows = [(f"c{i % 40}", float(i % 13), int(i % 13 > 5 if i % 4 else i % 2)) for i in range(400)]

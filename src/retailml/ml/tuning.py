@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from multiprocessing.pool import ThreadPool
+from statistics import fmean, pstdev
 
 from pyspark import inheritable_thread_target
 from pyspark.ml.tuning import (
@@ -80,36 +81,27 @@ class SuccessiveHalvingCV(CrossValidator):
         evaluator = self.getOrDefault(self.evaluator)
         sign = 1.0 if evaluator.isLargerBetter() else -1.0
         measured: dict[int, list[float]] = {i: [] for i in range(len(grid))}
-        alive, left_after = list(range(len(grid))), dict[int, int]()
-        for fold, (train, validation) in enumerate(self._kFold(dataset)):
+        alive = list(range(len(grid)))
+        for train, validation in self._kFold(dataset):
             for i, metric in _measure(self, train, validation, alive).items():
                 measured[i].append(metric)
-            rounds = fold + 1
-            if rounds == self.getOrDefault(self.numFolds):
-                break
-            ranked = sorted(alive, key=lambda i: (-sign * _mean(measured[i]), i))
-            alive = ranked[: math.ceil(len(ranked) / 2)]
-            left_after |= {i: rounds for i in ranked[len(alive) :]}
+            alive = sorted(alive, key=lambda i: (-sign * fmean(measured[i]), i))
+            alive = alive[: math.ceil(len(alive) / 2)]
             if len(alive) == 1:
                 break
-        best = min(alive, key=lambda i: (-sign * _mean(measured[i]), i))
+        best = alive[0]  # the best of the last round
         winner = measured[best]
-        metrics, spread = [], []
-        for i, values in measured.items():
-            shift = _mean(winner) - _mean(winner[: left_after[i]]) if i in left_after else 0.0
-            metrics.append(_mean(values) + shift)
-            spread.append(_std(values))
+        # A point measured on the first r folds, shifted by the winner's all-folds − r-folds
+        # (0 for the points of the last round). The shift is computed first: a point tied with
+        # the winner on its folds then gets exactly the winner's metric (the difference of two
+        # metrics within a factor of 2 is exact), and argmax keeps the earlier, the winner.
+        metrics = [
+            fmean(values) + (fmean(winner) - fmean(winner[: len(values)]))
+            for values in measured.values()
+        ]
+        spread = [pstdev(values) for values in measured.values()]
         model = est.fit(dataset, grid[best])
         return self._copyValues(CrossValidatorModel(model, metrics, None, spread))
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _std(values: list[float]) -> float:
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
 class CustomerValidationSplit(TrainValidationSplit):
