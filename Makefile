@@ -31,18 +31,26 @@ jars: install
 run: jars
 	$(BIN)/retailml run
 
+# The benchmark's single-node comparison (benchmarks/single_node.py) needs the `bench` extra
+# (LightGBM, implicit, scikit-learn); installed once, and again when pyproject.toml changes.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[spark,dev,bench]'
+	touch $(BENCH_STAMP)
+
 # The benchmark harness: the whole workflow on generated data of size S (demo), M (100k
 # customers) or L (1M customers), measured per task into benchmarks/results.csv and
-# docs/benchmarks.md. Not part of `make test`.
+# docs/benchmarks.md, then the single-node comparison on the same files
+# (benchmarks/single_node.csv). Not part of `make test`.
 SIZE ?= S
 .PHONY: bench
-bench: jars
+bench: jars $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench.py --size $(SIZE)
 
 # The daily-run benchmark: a full run without the last day, then the run when that day's file
 # arrives (benchmarks/daily.csv). Not part of `make test`.
 .PHONY: bench-daily
-bench-daily: jars
+bench-daily: jars $(BENCH_STAMP)
 	$(BIN)/python benchmarks/daily.py --size $(SIZE)
 
 # Headless Chromium (Debian's package) for the test that opens the report in a real browser;

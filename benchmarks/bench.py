@@ -28,10 +28,20 @@ are printed, appended to ``benchmarks/results.csv`` (one row per task) and ``doc
 is rewritten from the whole CSV. Not part of ``make test``. Run one benchmark at a time (on a shared
 machine under its Spark lock): a second Spark job would distort the times.
 
+Then, in the same invocation and on the same files, the single-node comparison
+(``benchmarks/single_node.py``: pandas, LightGBM and the ``implicit`` library doing the same
+propensity and recommendation work) runs in a subprocess of its own, so that it starts from an
+empty Python process as retailml's run did; its phase seconds and quality, with the retailml
+run's NDCG@k per recommender to set beside them, go to ``benchmarks/single_node.csv`` and the page
+prints, per size, both seconds for the same work with the ratio (:func:`_single_node_section`).
+Sizes whose ``single_node`` is off (L: pandas holds every line in memory) skip it, as does
+``--no-single-node``; ``--single-node-only`` runs only the comparison (no Spark) and sets it
+beside the latest recorded retailml run of the size.
+
 The run folder keeps ``run.log``, the event log, and ``bench.json`` + ``memory.csv`` (the
 outcome and the memory samples), so ``--from-run FOLDER`` can measure it again without
 re-running; ``--docs-only`` runs no Spark: it only brings the CSV up to date (see
-:func:`save_results`) and rewrites the page from it.
+:func:`save_results`) and rewrites the page from it and ``benchmarks/single_node.csv``.
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ from retailml.ml import names as N
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results.csv"
+SINGLE_NODE = BENCH / "single_node.csv"
 DOC = ROOT / "docs" / "benchmarks.md"
 DATE = "%Y-%m-%dT%H:%M:%SZ"  # a run's start in the CSV; also names its folder, to the second
 
@@ -131,6 +142,7 @@ class Size:
     days: int
     expected_lines: str
     settings: tuple[str, ...] = ()
+    single_node: bool = True  # run the single-node comparison after the retailml run
 
 
 SIZES = {
@@ -147,6 +159,9 @@ SIZES = {
         days=240,
         expected_lines="33,814,158",
         settings=("spark.driver_memory=10g", "spark.shuffle_partitions=16"),
+        # pandas holds all 34M lines (as Python strings) in memory: not measured; ask for it
+        # with --single-node-only when the machine has the room.
+        single_node=False,
     ),
 }
 
@@ -252,16 +267,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FOLDER",
         help="Measure an earlier run folder again instead of running (its size, not --size).",
     )
+    single = parser.add_mutually_exclusive_group()
+    single.add_argument(
+        "--no-single-node",
+        action="store_true",
+        help="Skip the single-node comparison after the run.",
+    )
+    single.add_argument(
+        "--single-node-only",
+        action="store_true",
+        help="Only the single-node comparison of --size (no Spark), beside the latest recorded "
+        "retailml run of the size.",
+    )
     args = parser.parse_args(argv)
     if args.docs_only:
         save_results(RESULTS, [])
-        write_docs(read_results(RESULTS), DOC)
+        write_docs(read_results(RESULTS), DOC, single=read_single_node(SINGLE_NODE))
+        print(f"wrote {DOC.relative_to(ROOT)}")
+        return 0
+    if args.single_node_only:
+        data = ensure_data(args.size, SIZES[args.size])[0]
+        if run_single_node(args.size, data, retailml=None) is None:
+            return 1
+        write_docs(read_results(RESULTS), DOC, single=read_single_node(SINGLE_NODE))
         print(f"wrote {DOC.relative_to(ROOT)}")
         return 0
 
     if args.from_run:
         run = load_run(args.from_run.resolve())
-        lines = ensure_data(run.size, SIZES[run.size])[1]
+        data, lines = ensure_data(run.size, SIZES[run.size])
         folder = run.folder
     else:
         size = SIZES[args.size]
@@ -283,10 +317,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [result_row(r, run, quality) for r in results]
     print_results(results, run, shuffle.get(None, (0, 0)), quality)
     save_results(RESULTS, rows)
-    write_docs(read_results(RESULTS), DOC)
-    print(f"appended {len(rows)} rows to {RESULTS.relative_to(ROOT)}; "
-          f"wrote {DOC.relative_to(ROOT)}")  # fmt: skip
-    return 0
+    print(f"appended {len(rows)} rows to {RESULTS.relative_to(ROOT)}")
+    # A re-measured run keeps the comparison it had; a new one gets its own, on the same files.
+    compared = True
+    if not args.from_run and SIZES[run.size].single_node and not args.no_single_node:
+        compared = run_single_node(run.size, data, retailml=run) is not None
+    write_docs(read_results(RESULTS), DOC, single=read_single_node(SINGLE_NODE))
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0 if compared else 1
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -620,6 +658,262 @@ def print_results(
     )
 
 
+# --- the single-node comparison ------------------------------------------------------------
+
+# benchmarks/single_node.py's phases and recommenders, and the retailml recommenders whose
+# NDCG@k the comparison records beside them (from the run's MLflow store).
+SINGLE_NODE_PHASES = ("load", "features", "train", "recommend")
+SINGLE_NODE_MODELS = ("als", "bm25_knn", "cosine_knn", "repeat", "popular")
+RETAILML_MODELS = tuple(N.RANKING_MODEL_PREFIX)
+SINGLE_NODE_COLUMNS = (
+    "date",
+    "size",
+    "git_commit",
+    "retailml_date",  # the retailml run it is compared with
+    "together",  # 1: run right after that retailml run, in the same invocation
+    "threads",
+    "source_lines",
+    *(f"{phase}_seconds" for phase in SINGLE_NODE_PHASES),
+    "total_seconds",
+    "python_peak_mb",
+    "holdout_roc_auc",
+    "k",
+    "eval_customers",
+    *(f"ndcg_{model}_{mode}" for model in SINGLE_NODE_MODELS for mode in N.MODES),
+    *(f"retailml_ndcg_{model}_{mode}" for model in RETAILML_MODELS for mode in N.MODES),
+)
+
+
+def run_single_node(size: str, data: Path, *, retailml: Run | None) -> dict[str, str] | None:
+    """Run ``benchmarks/single_node.py`` on the size's source files and append its row to
+    ``benchmarks/single_node.csv``; None (and a message) when it failed.
+
+    A subprocess, like the retailml run: it starts from an empty Python process, and its memory
+    peak is its own. It uses every core, as Spark's ``local[*]`` does.
+
+    Args:
+        size: The benchmark size.
+        data: The folder of its source files.
+        retailml: The run it follows in this invocation; None: set it beside the latest
+            recorded retailml run of the size instead.
+    """
+    started = datetime.now(UTC)
+    folder: Path | None = None
+    if retailml is not None:
+        paired, folder = retailml.started.strftime(DATE), retailml.folder
+    else:
+        latest = _latest_run([r for r in read_results(RESULTS) if r["size"] == size])
+        paired = latest[0]["date"] if latest else ""
+        folder = run_folder(size, datetime.strptime(paired, DATE)) if paired else None
+    # Kept in the run's folder when there is one, like the run's own outcome.
+    out = (
+        retailml.folder / "single_node.json"
+        if retailml is not None
+        else BENCH / "runs" / f"{size}-{started:%Y%m%d-%H%M%S}-single-node.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"single-node comparison {size} on {data} ...")
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "single_node.py"), f"--data={data}", f"--json={out}"],
+        cwd=ROOT,
+        env=_clean_env(),
+        check=False,
+    )
+    if done.returncode != 0:
+        print(f"the single-node comparison failed (exit {done.returncode}); it needs the bench "
+              f"extra: .venv/bin/pip install -e '.[bench]'")  # fmt: skip
+        return None
+    row = comparison_row(
+        json.loads(out.read_text()),
+        size=size,
+        started=started,
+        paired=paired,
+        together=retailml is not None,
+        retailml=read_recommender_ndcg(folder),
+    )
+    save_single_node(SINGLE_NODE, [row])
+    print(f"appended a row to {SINGLE_NODE.relative_to(ROOT)}")
+    return row
+
+
+def comparison_row(
+    result: dict,
+    *,
+    size: str,
+    started: datetime,
+    paired: str,
+    together: bool,
+    retailml: dict[str, str],
+) -> dict[str, str]:
+    """The CSV row of one comparison: the single-node result (``single_node.py --json``), the
+    retailml run it is set beside (``paired``, its date) and that run's NDCG@k per recommender
+    (:func:`read_recommender_ndcg`)."""
+    return {
+        "date": started.strftime(DATE),
+        "size": size,
+        "git_commit": _git_commit(),
+        "retailml_date": paired,
+        "together": "1" if together else "",
+        "threads": str(result["threads"]),
+        "source_lines": str(result["source_lines"]),
+        **{f"{p}_seconds": _fmt(result["seconds"][p], 1) for p in SINGLE_NODE_PHASES},
+        "total_seconds": _fmt(result["total_seconds"], 1),
+        "python_peak_mb": _fmt(result["python_peak_mb"], 0),
+        "holdout_roc_auc": _fmt(result["roc_auc"], 4),
+        "k": str(result["k"]),
+        "eval_customers": str(result["eval_customers"]),
+        **{
+            f"ndcg_{model}_{mode}": _fmt(result["ndcg"].get(model, {}).get(mode), 4)
+            for model in SINGLE_NODE_MODELS
+            for mode in N.MODES
+        },
+        **retailml,
+    }
+
+
+def read_recommender_ndcg(folder: Path | None) -> dict[str, str]:
+    """NDCG@k of every retailml recommender in both modes from a run's MLflow store (the
+    recommend task's parent run), '' where the store or the metric is missing."""
+    found = {f"retailml_ndcg_{m}_{mode}": "" for m in RETAILML_MODELS for mode in N.MODES}
+    db = folder / "mlflow" / "mlflow.db" if folder is not None else None
+    if db is None or not db.is_file():
+        return found
+    source = QUALITY["ndcg_at_k"]
+    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+        for model in RETAILML_MODELS:
+            for mode in N.MODES:
+                metric = f"{N.ranking_prefix(model, mode)}ndcg_at_k"
+                q = Quality(source.experiment, source.run_name_prefix, metric, metric)
+                found[f"retailml_ndcg_{model}_{mode}"] = _fmt(_parent_metric(con, q), 4)
+    return found
+
+
+def read_single_node(path: Path) -> list[dict[str, str]]:
+    """``benchmarks/single_node.csv``'s rows with every current column ('' for cells a row
+    lacks)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as rows:
+        return [{c: r.get(c) or "" for c in SINGLE_NODE_COLUMNS} for r in csv.DictReader(rows)]
+
+
+def save_single_node(path: Path, new: Sequence[dict[str, str]]) -> None:
+    """Rewrite the comparison's CSV with the current columns: its rows, then ``new`` (through a
+    temporary file, like :func:`save_results`)."""
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=SINGLE_NODE_COLUMNS)
+        writer.writeheader()
+        writer.writerows([*read_single_node(path), *new])
+    temporary.replace(path)
+
+
+def _single_node_section(
+    name: str, rows: Sequence[dict[str, str]], single: Sequence[dict[str, str]]
+) -> list[str]:
+    """The size's latest single-node comparison beside its retailml run: seconds of the same
+    work, their ratio, and the quality of each, per recommender too; [] when there is none."""
+    mine = [r for r in single if r["size"] == name]
+    if not mine:
+        return []
+    s = max(mine, key=lambda r: r["date"])
+    spark = [r for r in rows if r["date"] == s["retailml_date"]]
+    seconds = {r["task"]: float(r["seconds"]) for r in spark if r["seconds"]}
+
+    def retailml(*tasks: str) -> float | None:
+        return sum(seconds[t] for t in tasks) if all(t in seconds for t in tasks) else None
+
+    def single_node(*phases: str) -> float | None:
+        cells = [s[f"{p}_seconds"] for p in phases]
+        return sum(float(c) for c in cells) if all(cells) else None
+
+    k = s["k"] or "k"
+    best_new = max(
+        ((m, float(s[f"ndcg_{m}_new"])) for m in SINGLE_NODE_MODELS if s[f"ndcg_{m}_new"]),
+        key=lambda pair: pair[1],
+        default=None,
+    )
+    judged = spark[0]["ndcg_at_k"] if spark else ""
+    auc = spark[0]["holdout_roc_auc"] if spark else ""
+    work = [
+        ("propensity (features + train)", retailml("features", "train"),
+         single_node("features", "train"), f"ROC-AUC {auc or '-'}",
+         f"ROC-AUC {s['holdout_roc_auc'] or '-'} (LightGBM)"),
+        ("recommendations (recommend)", retailml("recommend"), single_node("recommend"),
+         f"NDCG@{k} new {judged or '-'} (the judged list)",
+         f"NDCG@{k} new {best_new[1]:.4f} ({best_new[0]})" if best_new else "-"),
+        ("reading and cleaning (ingest + clean)", retailml("ingest", "clean"),
+         single_node("load"), "", ""),
+        ("all of the above", retailml("ingest", "clean", "features", "train", "recommend"),
+         single_node(*SINGLE_NODE_PHASES), "", ""),
+    ]  # fmt: skip
+    when = (
+        f"right after the retailml run of {s['retailml_date']}, in the same invocation"
+        if s["together"]
+        else f"on its own, beside the latest retailml run recorded then ({s['retailml_date']}): "
+        "the machine's load may have differed"
+        if spark
+        else "with no retailml run of the size recorded"
+    )
+    lines = [
+        f"### Single node ({name})",
+        "",
+        f"`benchmarks/single_node.py` at `{s['git_commit']}` on the same source files "
+        f"({int(s['source_lines'] or 0):,} lines): pandas for reading, cleaning and features, "
+        f"LightGBM for the propensity model, the `implicit` library's ALS and item-kNN for "
+        f"recommendations, on {s['threads']} thread(s), run {s['date']} {when}; "
+        f"Python peak {s['python_peak_mb'] or '-'} MB. The same targets: cutoffs, label, "
+        f"held-out cutoff, evaluation window and customers ({s['eval_customers'] or '-'}), "
+        f"NDCG@{k} definition; its docstring lists what is approximated (no learned ranker, "
+        "no Platt scaling, implicit's ALS solver). Seconds are the tasks' for retailml "
+        "(JVM start, score and report not included) and the phases' for the single node.",
+        "",
+        "| work | retailml s | single node s | ratio | retailml quality | single-node quality |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for label, spark_s, node_s, spark_q, node_q in work:
+        ratio = _ratio(spark_s, node_s)
+        lines.append(
+            f"| {label} | {_fmt(spark_s, 1) or '-'} | {_fmt(node_s, 1) or '-'} | {ratio} | "
+            f"{spark_q} | {node_q} |"
+        )
+    recommenders = [
+        ("for_you (two-stage ranker)", "for_you", None),
+        ("discover (two-stage ranker)", "discover", None),
+        ("ALS (Spark MLlib; implicit)", "als", "als"),
+        ("item-kNN, cosine", "item_knn", "cosine_knn"),
+        ("item-kNN, BM25 weights (implicit)", None, "bm25_knn"),
+        ("repeat (own products, time decay)", "repeat", "repeat"),
+        ("popular", "popular", "popular"),
+    ]
+    lines += [
+        "",
+        f"| recommender | retailml NDCG@{k} all | retailml NDCG@{k} new | "
+        f"single node NDCG@{k} all | single node NDCG@{k} new |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, ours, theirs in recommenders:
+        cells = [(s[f"retailml_ndcg_{ours}_{mode}"] if ours else "") or "-" for mode in N.MODES] + [
+            (s[f"ndcg_{theirs}_{mode}"] if theirs else "") or "-" for mode in N.MODES
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if not any(s[f"retailml_ndcg_{m}_{mode}"] for m in RETAILML_MODELS for mode in N.MODES):
+        lines += [
+            "",
+            "The retailml run's MLflow store was gone when the comparison was recorded, so of "
+            "its recommenders only the judged list's NDCG is known (above).",
+        ]
+    return [*lines, ""]
+
+
+def _ratio(spark: float | None, node: float | None) -> str:
+    """How many times longer retailml took: ``12×``, ``3.4×``."""
+    if spark is None or not node:
+        return "-"
+    ratio = spark / node
+    return f"{ratio:.0f}×" if ratio >= 10 else f"{ratio:.1f}×"
+
+
 # --- the CSV and the page -------------------------------------------------------------------
 
 
@@ -694,9 +988,12 @@ def read_results(path: Path) -> list[dict[str, str]]:
         return [{c: r.get(c) or "" for c in COLUMNS} for r in csv.DictReader(rows)]
 
 
-def write_docs(rows: Sequence[dict[str, str]], path: Path) -> None:
+def write_docs(
+    rows: Sequence[dict[str, str]], path: Path, *, single: Sequence[dict[str, str]] = ()
+) -> None:
     """Rewrite the benchmarks page: the machine, per size the latest run of each task and its
-    model quality, then how time scales across the sizes."""
+    model quality and the latest single-node comparison (``single``: rows of
+    ``benchmarks/single_node.csv``), then how time scales across the sizes."""
     out = [
         "# Benchmarks",
         "",
@@ -723,6 +1020,11 @@ def write_docs(rows: Sequence[dict[str, str]], path: Path) -> None:
         "challenger the train task picked (metric `challenger_holdout_roc_auc`) and the "
         "NDCG@k of the list the recommend task's gate judged (`tuned_ndcg_at_k`; ALS alone "
         "before the two-stage recommender). "
+        "After the run, on the same files, `benchmarks/single_node.py` does the same "
+        "propensity and recommendation work with pandas, LightGBM and the `implicit` library "
+        "(`pip install -e '.[bench]'`, which `make bench` does); its seconds and quality go to "
+        "`benchmarks/single_node.csv` and stand beside retailml's in each size's *Single node* "
+        "table, with the ratio (`bench.py --single-node-only` runs the comparison alone). "
         "Run one benchmark at a time on a machine; the run folders can be deleted afterwards.",
         "",
         "| size | customers | products | days | source lines |",
@@ -737,6 +1039,7 @@ def write_docs(rows: Sequence[dict[str, str]], path: Path) -> None:
         runs = [r for r in rows if r["size"] == name]
         if runs:
             out += _size_section(name, runs)
+            out += _single_node_section(name, runs, single)
         else:
             out += [
                 f"## {name}",
