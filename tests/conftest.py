@@ -52,7 +52,7 @@ def settings(tmp_path: Path) -> Settings:
 
 def assert_delta_inputs(run: Any, lake: Any, tables: list[str]) -> None:
     """The MLflow run logged each table, as it is now, as a Delta input dataset for training
-    (its path and version)."""
+    (its path, version and row count)."""
     found = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert sorted(found) == sorted(tables)
     for name in tables:
@@ -62,3 +62,5 @@ def assert_delta_inputs(run: Any, lake: Any, tables: list[str]) -> None:
         assert source["path"] == lake.location(name)
         assert str(source["delta_table_version"]) == str(lake.version(name))
         assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "training"
+        # The exact row count, not MLflow's approximate one (a full pass through Python).
+        assert json.loads(entry.dataset.profile) == {"approx_count": lake.read(name).count()}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
+from mlflow.data.spark_dataset import SparkDataset, from_spark
 from mlflow.tracking import MlflowClient
 
 from retailml.settings import Settings
@@ -57,15 +58,39 @@ def log_table_inputs(lake: Lakehouse, names: list[str], *, context: str) -> None
         names: Logical table names (``silver.transactions``); the dataset takes that name.
         context: The inputs' role, e.g. ``training``.
     """
-    from mlflow.data.spark_dataset import from_spark
-
     by_name = bool(lake.settings.catalog)
     for name in names:
         location, version = lake.location(name), lake.version(name)
         where = {"table_name": location} if by_name else {"path": location}
+        table = lake.read(name)
         with warnings.catch_warnings():
             # The schema MLflow infers (when logging) warns that integer columns cannot hold
             # missing values: a hint for model signatures, not for a logged input.
             warnings.filterwarnings("ignore", category=UserWarning, module="mlflow.types")
-            dataset = from_spark(lake.read(name), version=str(version), name=name, **where)
-            mlflow.log_input(dataset, context=context)
+            dataset = from_spark(table, version=str(version), name=name, **where)
+            mlflow.log_input(_Counted.of(dataset, rows=table.count()), context=context)
+
+
+class _Counted(SparkDataset):
+    """A ``SparkDataset`` whose profile is the table's row count.
+
+    MLflow's own profile sends every row through a Python worker (``rdd.countApprox`` with a
+    5 s timeout, and the job goes on after it): at M, 35 s of both cores for
+    silver.transactions alone, beside the task's own work. Delta answers ``count()`` from
+    its log's file statistics.
+    """
+
+    rows: int = 0
+
+    @classmethod
+    def of(cls, dataset: SparkDataset, *, rows: int) -> _Counted:
+        counted = cls(
+            df=dataset.df, source=dataset.source, name=dataset.name, digest=dataset.digest
+        )
+        counted.rows = rows
+        return counted
+
+    @property
+    def profile(self) -> dict[str, int]:
+        # MLflow's key, which its UI shows; the count is exact.
+        return {"approx_count": self.rows}
