@@ -333,10 +333,12 @@ def _measure_point(
         rank=rank, reg_param=reg_param, alpha=alpha, max_iter=max_iter, seed=seed, blocks=blocks
     ).fit(data.train)
     fit_seconds = time.monotonic() - started
-    # Both modes from one scoring pass, persisted: each is read by the metrics.
+    # Both modes from one scoring pass, persisted and computed now: the metrics read it twice,
+    # and would score every customer twice over (see :func:`.data.persist`).
     candidates = scored_candidates(
         model, data.who, depth=k + TIE_MARGIN, masked=(False, True)
     ).persist(StorageLevel.MEMORY_AND_DISK)
+    candidates.count()
     try:
         recommended = {
             ALL: top_k_from_candidates(candidates, data.indexers, k=k, masked=False),

@@ -398,6 +398,7 @@ def candidates_at(
     categories: DataFrame,
     keep: list[DataFrame],
     popular: DataFrame | None = None,
+    days: DataFrame | None = None,
 ) -> Candidates:
     """Every generator at the cutoff ``end`` for ``customers``, and both lists' candidates with
     the ranker's features (persisted into ``keep``).
@@ -409,10 +410,12 @@ def candidates_at(
         half_life: The repeat generator's half-life (days).
         categories: ``product_id, category``.
         popular: :func:`popularity` at ``end`` when the caller has it already.
+        days: :func:`purchase_days` before ``end`` when the caller has them already.
     """
     before = transactions.where(F.col(S.EVENT_DATE) < F.lit(end))
     who = customers.select(S.CUSTOMER_ID)
-    days = persist(purchase_days(transactions, end=end), keep)
+    if days is None:
+        days = persist(purchase_days(transactions, end=end), keep)
     bought = persist(purchased(before).join(who, S.CUSTOMER_ID, "left_semi"), keep)
     repeats = repeat(days, end=end, half_life=half_life)
     mine = persist(repeats.join(who, S.CUSTOMER_ID, "left_semi"), keep)

@@ -157,6 +157,7 @@ def train_two_stage(
         half_life: float,
         popular: DataFrame | None = None,
         als_model: ALSModel | None = None,
+        days: DataFrame | None = None,
     ) -> Candidates:
         if als_model is None:
             als_model = fit_als_before(
@@ -166,18 +167,22 @@ def train_two_stage(
         return candidates_at(
             transactions, who, end=end, als_model=als_model, indexers=data.indexers,
             half_life=half_life, cfg=cfg, categories=categories, keep=keep, popular=popular,
+            days=days,
         )  # fmt: skip
 
-    # The half-life, on the evaluation window (cheap: no model).
+    # The half-life, on the evaluation window and all products (cheap: no model). Without
+    # what was bought, the repeat list is empty whatever the half-life: its new-products
+    # figures are measured once, with the rankers'.
     days = persist(purchase_days(transactions, end=eval_cutoff), keep)
-    mine = days.join(data.customers.select(S.CUSTOMER_ID), S.CUSTOMER_ID, "left_semi")
-    lists: dict[tuple[str, str], DataFrame] = {}
-    for h in cfg.repeat_half_lives:
-        scores = repeat(mine, end=eval_cutoff, half_life=h)
-        lists |= {
-            (f"{REPEAT}@{h:g}", mode): df for mode, df in _both_modes(scores, prior, k=k).items()
+    mine = persist(
+        days.join(data.customers.select(S.CUSTOMER_ID), S.CUSTOMER_ID, "left_semi"), keep
+    )
+    by_half_life = measure(
+        {
+            (f"{REPEAT}@{h:g}", ALL): top_k(repeat(mine, end=eval_cutoff, half_life=h), k=k)
+            for h in cfg.repeat_half_lives
         }
-    by_half_life = measure(lists)
+    )
     half_life = max(
         cfg.repeat_half_lives, key=lambda h: by_half_life[(f"{REPEAT}@{h:g}", ALL)].ndcg_at_k
     )
@@ -203,7 +208,7 @@ def train_two_stage(
             f"no purchases before {eval_cutoff - window}: the ranker has no window before the "
             f"evaluation window to learn from; ingest more history or shorten recommend.eval_days"
         )
-    test = at(eval_cutoff, data.customers, half_life, data.popular, eval_als)
+    test = at(eval_cutoff, data.customers, half_life, data.popular, eval_als, days)
 
     truth = {
         mode: data.relevant.where(F.col(MODE_COLUMN) == mode).select(S.CUSTOMER_ID, S.PRODUCT_ID)
@@ -213,6 +218,7 @@ def train_two_stage(
         (ITEM_KNN, mode): df
         for mode, df in _both_modes(test.generated[ITEM_KNN], prior, k=k).items()
     }
+    lists[(REPEAT, NEW)] = top_k(test.generated[REPEAT], k=k, exclude=prior)
     rankers, rows, positives, recall = {}, {}, {}, {}
     for name in (FOR_YOU, DISCOVER):
         test_frame = test.lists[name]
@@ -229,9 +235,7 @@ def train_two_stage(
         # one took half of the recommend task's time at M).
         rankers[name] = model
     metrics = measure(lists)
-    metrics |= {
-        (REPEAT, mode): by_half_life[(f"{REPEAT}@{half_life:g}", mode)] for mode in (ALL, NEW)
-    }
+    metrics[(REPEAT, ALL)] = by_half_life[(f"{REPEAT}@{half_life:g}", ALL)]
     return TwoStage(
         half_life=half_life,
         half_lives={
