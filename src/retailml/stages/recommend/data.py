@@ -223,7 +223,7 @@ def persist(df: DataFrame, keep: list[DataFrame]) -> DataFrame:
     that reads it, and a query that reads it in several branches — the generators and the
     ranker's facts all read the purchase days — has adaptive execution run those branches'
     stages at once, each computing the frame again: at M, the purchase days were computed
-    six times over in the repeat half-life's measurement alone.
+    six to twelve times over in the repeat half-life's measurement alone.
     """
     keep.append(df.persist(StorageLevel.MEMORY_AND_DISK))
     df.count()

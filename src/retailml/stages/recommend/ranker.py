@@ -290,8 +290,8 @@ def ranker_estimator(*, max_depth: int, trees: int, learning_rate: float, seed: 
 
     The columns go to xgboost as they are (its ``features_col`` as a list of names), not
     assembled into a vector: a vector column reaches the Python workers as one array per row,
-    stacked row by row into a matrix, and at M that made scoring both lists' candidates for
-    every customer cost 82 core-seconds."""
+    stacked row by row into a matrix (scoring 4M rows of 27 features: 42 s that way, 33 s
+    from the columns, the same probabilities)."""
     from xgboost.spark import SparkXGBClassifier
 
     return Pipeline(
