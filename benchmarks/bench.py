@@ -791,21 +791,12 @@ def read_recommender_ndcg(folder: Path | None) -> dict[str, str]:
 def read_single_node(path: Path) -> list[dict[str, str]]:
     """``benchmarks/single_node.csv``'s rows with every current column ('' for cells a row
     lacks)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as rows:
-        return [{c: r.get(c) or "" for c in SINGLE_NODE_COLUMNS} for r in csv.DictReader(rows)]
+    return _read_csv(path, SINGLE_NODE_COLUMNS)
 
 
 def save_single_node(path: Path, new: Sequence[dict[str, str]]) -> None:
-    """Rewrite the comparison's CSV with the current columns: its rows, then ``new`` (through a
-    temporary file, like :func:`save_results`)."""
-    temporary = path.with_suffix(".tmp")
-    with temporary.open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=SINGLE_NODE_COLUMNS)
-        writer.writeheader()
-        writer.writerows([*read_single_node(path), *new])
-    temporary.replace(path)
+    """Rewrite the comparison's CSV with the current columns: its rows, then ``new``."""
+    _write_csv(path, SINGLE_NODE_COLUMNS, [*read_single_node(path), *new])
 
 
 def _single_node_section(
@@ -927,12 +918,7 @@ def save_results(path: Path, new: Sequence[dict]) -> None:
     """
     rows = backfill_profile(backfill_quality(read_results(path)))
     new = backfill_profile([{**dict.fromkeys(PROFILE, ""), **r} for r in new])
-    temporary = path.with_suffix(".tmp")
-    with temporary.open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows([*rows, *new])
-    temporary.replace(path)
+    _write_csv(path, COLUMNS, [*rows, *new])
 
 
 def backfill_quality(rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -982,10 +968,27 @@ def backfill_profile(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 def read_results(path: Path) -> list[dict[str, str]]:
     """The CSV's rows with every current column: '' for cells a row lacks (rows written under an
     older header, or appended by an older bench.py with fewer columns)."""
+    return _read_csv(path, COLUMNS)
+
+
+def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """A results CSV's rows with exactly ``columns`` ('' for cells a row lacks); [] without
+    the file."""
     if not path.is_file():
         return []
     with path.open(newline="") as rows:
-        return [{c: r.get(c) or "" for c in COLUMNS} for r in csv.DictReader(rows)]
+        return [{c: r.get(c) or "" for c in columns} for r in csv.DictReader(rows)]
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    """Write ``rows`` under ``columns`` to a temporary file, then move it over ``path``, so a
+    failure cannot truncate the only record of earlier runs."""
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    temporary.replace(path)
 
 
 def write_docs(

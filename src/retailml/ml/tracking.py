@@ -68,7 +68,7 @@ def log_table_inputs(lake: Lakehouse, names: list[str], *, context: str) -> None
             # missing values: a hint for model signatures, not for a logged input.
             warnings.filterwarnings("ignore", category=UserWarning, module="mlflow.types")
             dataset = from_spark(table, version=str(version), name=name, **where)
-            mlflow.log_input(_Counted.of(dataset, rows=table.count()), context=context)
+            mlflow.log_input(_Counted(dataset, rows=table.count()), context=context)
 
 
 class _Counted(SparkDataset):
@@ -80,15 +80,11 @@ class _Counted(SparkDataset):
     its log's file statistics.
     """
 
-    rows: int = 0
-
-    @classmethod
-    def of(cls, dataset: SparkDataset, *, rows: int) -> _Counted:
-        counted = cls(
+    def __init__(self, dataset: SparkDataset, *, rows: int) -> None:
+        super().__init__(
             df=dataset.df, source=dataset.source, name=dataset.name, digest=dataset.digest
         )
-        counted.rows = rows
-        return counted
+        self.rows = rows
 
     @property
     def profile(self) -> dict[str, int]:

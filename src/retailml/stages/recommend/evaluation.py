@@ -21,7 +21,7 @@ from datetime import date
 from typing import TypeVar
 
 import mlflow
-from pyspark import StorageLevel, inheritable_thread_target
+from pyspark import inheritable_thread_target
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -333,20 +333,20 @@ def _measure_point(
         rank=rank, reg_param=reg_param, alpha=alpha, max_iter=max_iter, seed=seed, blocks=blocks
     ).fit(data.train)
     fit_seconds = time.monotonic() - started
-    # Both modes from one scoring pass, persisted and computed now: the metrics read it twice,
-    # and would score every customer twice over (see :func:`.data.persist`).
-    candidates = scored_candidates(
-        model, data.who, depth=k + TIE_MARGIN, masked=(False, True)
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    candidates.count()
+    kept: list[DataFrame] = []
     try:
+        # Both modes from one scoring pass, persisted: the metrics read it twice.
+        candidates = persist(
+            scored_candidates(model, data.who, depth=k + TIE_MARGIN, masked=(False, True)), kept
+        )
         recommended = {
             ALL: top_k_from_candidates(candidates, data.indexers, k=k, masked=False),
             NEW: top_k_from_candidates(candidates, data.indexers, k=k),
         }
         metrics = metrics_by_mode(recommended, data.relevant, k=k, catalog_size=data.catalog_size)
     finally:
-        candidates.unpersist()
+        for df in kept:
+            df.unpersist()
     return _Measured(metrics, fit_seconds, time.monotonic() - started - fit_seconds, model)
 
 
