@@ -175,9 +175,7 @@ class FeatureSettings(_Section):
     """Point-in-time features and the purchase label."""
 
     horizon_days: int = Field(30, ge=1, description="Label: bought in [cutoff, cutoff + horizon).")
-    train_cutoffs: int = Field(
-        4, ge=1, description="How many earlier cutoffs to stack for training."
-    )
+    train_cutoffs: int = Field(4, ge=1, description="Earlier cutoffs stacked for training.")
     cutoff_spacing_days: int = Field(30, ge=1, description="Days between training cutoffs.")
 
 
@@ -274,6 +272,7 @@ class RecommendSettings(_Section):
         "(all products) of the evaluation window.",
     )
     knn_neighbours: int = Field(20, ge=1, description="Item-kNN: neighbours kept per product.")
+    knn_weighting: Literal["bm25", "cosine"] = Field("cosine", description="Item-kNN similarity.")
     knn_lookback_days: int = Field(
         365, ge=1, description="Item-kNN: co-purchases in this many days before the cutoff."
     )

@@ -78,7 +78,7 @@ def test_item_neighbours_are_cosine_of_buyers_top_n_from_recent_products(
         ],
     )
     top = recommend.item_neighbours(
-        days, end=END, lookback_days=365, neighbours=1, recent_products=2
+        days, end=END, lookback_days=365, neighbours=1, recent_products=2, weighting="cosine"
     )
     got = as_dict(top, "item", "neighbour", value="similarity")
     # Buyers: p1 {a, b, c}, p2 {a, b}, p3 {c}, p4 {d}, p5 {d}.
@@ -97,6 +97,50 @@ def test_item_neighbours_are_cosine_of_buyers_top_n_from_recent_products(
         ("p2",): pytest.approx(2.0 * 2 / math.sqrt(6)),
         ("p1",): pytest.approx(1.0 / math.sqrt(3)),
     }
+
+
+def test_item_neighbours_bm25_weighs_purchase_days_products_and_customers(
+    spark: SparkSession,
+) -> None:
+    days = days_frame(
+        spark,
+        [
+            ("a", "p1", "2011-03-01"),
+            ("a", "p1", "2011-03-08"),  # two purchase days: x = 2
+            ("a", "p2", "2011-03-02"),
+            ("b", "p1", "2011-03-01"),
+            ("b", "p2", "2011-03-01"),
+            ("b", "p3", "2011-03-01"),
+            ("c", "p2", "2011-03-03"),
+            ("c", "p3", "2011-03-04"),
+            ("d", "p1", "2011-03-05"),
+            ("d", "p2", "2011-03-05"),
+            ("d", "p3", "2011-03-05"),
+            ("d", "p4", "2011-03-05"),
+        ],
+    )
+    top = recommend.item_neighbours(
+        days, end=END, lookback_days=365, neighbours=1, recent_products=10, weighting="bm25"
+    )
+    got = as_dict(top, "item", "neighbour", value="similarity")
+    # N = 4 products; len = Σ x: p1 4, p2 4, p3 3, p4 1 (mean 3), so L = 0.25 + 0.75 len / 3:
+    # 1.25, 1.25, 1, 0.5. idf = ln 4 - ln(1 + n_c): a and c (2 products) ln(4/3); b (3) 0;
+    # d (4) below 0, kept at 0 — b and d weigh nothing, so p4 has no neighbour.
+    idf = math.log(4 / 3)
+
+    def w(x: float, length: float) -> float:
+        return x * 2.2 / (1.2 * length + x) * idf
+
+    # p2's neighbours: p1 through a, p3 through c; a's two days of p1 make p1 the nearer.
+    assert got == {
+        ("p1", "p2"): pytest.approx(w(2, 1.25) * w(1, 1.25)),
+        ("p2", "p1"): pytest.approx(w(2, 1.25) * w(1, 1.25)),
+        ("p3", "p2"): pytest.approx(w(1, 1.25) * w(1, 1.0)),
+    }
+    with pytest.raises(ValueError, match="'jaccard' is not one of bm25, cosine"):
+        recommend.item_neighbours(
+            days, end=END, lookback_days=365, neighbours=1, recent_products=2, weighting="jaccard"
+        )
 
 
 def test_top_candidates_union_every_generator_with_absent_ones_filled(

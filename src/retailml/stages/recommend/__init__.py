@@ -21,7 +21,7 @@ wholesale order of 500 pieces does not outweigh a product bought every month.
 
 **Generators** (first stage, :mod:`.generators`): each a DataFrame function of the history
 before a cutoff — ``repeat`` (the customer's own products by time-decayed purchase days, the
-half-life tuned), ``item_knn`` (co-purchase cosine neighbours, top-N per product), ``als``
+half-life tuned), ``item_knn`` (co-purchase neighbours, cosine or BM25, top-N per product), ``als``
 (implicit-feedback ALS, exactly scored) and ``popular`` (recent best sellers).
 
 **Ranker** (second stage, :mod:`.ranker`): per customer, the union of every generator's top

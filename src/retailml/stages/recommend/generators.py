@@ -10,10 +10,11 @@ their rank; the ranker (:mod:`.ranker`) learns how to combine them.
   (age in days at the cutoff). How due the next purchase is (days since the last purchase
   against the customer's mean gap for the product) is a ranker feature
   (:func:`repeat_facts`), since it only means something for products bought at least twice.
-- **item-kNN** (:func:`item_neighbours`, :func:`item_knn`): item-to-item cosine similarity of
-  co-purchases, ``|B(i) ∩ B(j)| / sqrt(|B(i)| |B(j)|)`` over the distinct buyers ``B`` in a
-  lookback window (Sarwar et al., "Item-based collaborative filtering recommendation
-  algorithms", WWW 2001). Only each product's ``neighbours`` most similar products are kept,
+- **item-kNN** (:func:`item_neighbours`, :func:`item_knn`): item-to-item similarity of
+  co-purchases in a lookback window, cosine of the distinct buyers ``|B(i) ∩ B(j)| /
+  sqrt(|B(i)| |B(j)|)`` (Sarwar et al., "Item-based collaborative filtering recommendation
+  algorithms", WWW 2001) or BM25-weighted purchase days (the ``implicit`` library's
+  ``BM25Recommender``). Only each product's ``neighbours`` most similar products are kept,
   and the co-purchase pairs come from each customer's ``recent_products`` most recent products,
   so memory grows with customers × recent_products², not with the largest basket history. A
   customer's score for ``j`` is ``Σ_i repeat(i) × sim(i, j)`` over the products ``i`` they bought.
@@ -50,6 +51,13 @@ MASKED_COLUMN = "masked"
 ITEM = "item"
 NEIGHBOUR = "neighbour"
 SIMILARITY = "similarity"
+# Item-kNN's co-purchase weightings, and BM25's parameters (the implicit library's
+# BM25Recommender defaults).
+BM25 = "bm25"
+COSINE = "cosine"
+WEIGHTINGS = (BM25, COSINE)
+_BM25_K1 = 1.2
+_BM25_B = 0.75
 
 
 def purchase_days(transactions: DataFrame, *, end: date) -> DataFrame:
@@ -93,10 +101,26 @@ def item_neighbours(
     lookback_days: int,
     neighbours: int,
     recent_products: int,
+    weighting: str = COSINE,
     items: DataFrame | None = None,
     keep: list[DataFrame] | None = None,
 ) -> DataFrame:
-    """Each product's most similar products by co-purchase cosine similarity.
+    """Each product's most similar products by co-purchase, BM25-weighted or cosine.
+
+    The co-purchase matrix holds, per customer and product, the purchase days ``x`` in the
+    lookback, over each customer's ``recent_products`` most recent products.
+
+    - ``bm25``: ``sim(i, j) = Σ_c w(c, i) w(c, j)`` with the Okapi BM25 weight of the product
+      as a document and the customer as a term, ``w = x (K1 + 1) / (K1 L_i + x) × idf_c``,
+      ``L_i = 1 - B + B len_i / mean len`` (``len_i = Σ_c x``) and ``idf_c = max(0, ln N -
+      ln(1 + n_c))`` (``N`` products, ``n_c`` the customer's products), ``K1 = 1.2``, ``B =
+      0.75``: the ``implicit`` library's ``BM25Recommender`` (Frederickson,
+      implicit.readthedocs.io), which weighs down customers who buy everything and products
+      everyone buys. The idf is kept at zero or above: a customer who bought (nearly) every
+      product says nothing about which go together.
+    - ``cosine``: ``|B(i) ∩ B(j)| / sqrt(|B(i)| |B(j)|)`` over the distinct buyers ``B``
+      (Sarwar et al., "Item-based collaborative filtering recommendation algorithms", WWW
+      2001).
 
     Args:
         days: :func:`purchase_days` before ``end``.
@@ -104,54 +128,96 @@ def item_neighbours(
         neighbours: Neighbours kept per product (the most similar; product id on ties).
         recent_products: Each customer contributes their this many most recently bought
             products (bounds the co-purchase pairs at ``customers × recent_products²``).
+        weighting: ``bm25`` or ``cosine``.
         items: ``product_id`` of the products whose neighbours are wanted (None: every
             product). A product's neighbours do not depend on which others are asked for; the
-            buyer counts the similarity divides by still come from every customer.
+            buyer counts and weights still come from every customer.
         keep: When given, the customers' baskets (read twice) are persisted into it.
 
     Returns:
-        ``item, neighbour, similarity`` with similarity in (0, 1].
+        ``item, neighbour, similarity`` with similarity > 0 (at most 1 for cosine).
+
+    Raises:
+        ValueError: ``weighting`` is neither ``bm25`` nor ``cosine``.
     """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"item-kNN weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
     recent = days.where(F.col(S.EVENT_DATE) >= F.lit(end - timedelta(days=lookback_days)))
-    last = recent.groupBy(S.CUSTOMER_ID, S.PRODUCT_ID).agg(F.max(S.EVENT_DATE).alias("_last"))
+    last = recent.groupBy(S.CUSTOMER_ID, S.PRODUCT_ID).agg(
+        F.max(S.EVENT_DATE).alias("_last"), F.count(F.lit(1)).alias("_x")
+    )
     # One array per customer, newest product first (product id on ties): the pairs are made
     # inside each array, so no self-join shuffles every customer's products (half the time at
     # M, same neighbours).
     newest_first = F.struct(
-        F.datediff(F.lit(end), F.col("_last")).alias("_age"), F.col(S.PRODUCT_ID).alias("_p")
+        F.datediff(F.lit(end), F.col("_last")).alias("_age"),
+        F.col(S.PRODUCT_ID).alias("_p"),
+        F.col("_x").cast("double").alias("_x"),
     )
     baskets = last.groupBy(S.CUSTOMER_ID).agg(
-        F.slice(F.sort_array(F.collect_list(newest_first)), 1, recent_products)["_p"].alias("_in")
+        F.slice(F.sort_array(F.collect_list(newest_first)), 1, recent_products).alias("_in")
     )
     if keep is not None:
         baskets = persist(baskets, keep)
-    buyers = (
-        baskets.select(F.explode("_in").alias(S.PRODUCT_ID))
-        .groupBy(S.PRODUCT_ID)
-        .agg(F.count(F.lit(1)).alias("_buyers"))
+    # One row per product: small enough to broadcast.
+    products = (
+        baskets.select(F.explode("_in").alias("_e"))
+        .groupBy(F.col("_e._p").alias(S.PRODUCT_ID))
+        .agg(F.count(F.lit(1)).alias("_buyers"), F.sum("_e._x").alias("_len"))
     )
-    left = baskets.select(F.explode("_in").alias(ITEM), "_in")
+    if weighting == BM25:
+        stats = products.agg(F.count(F.lit(1)).alias("_n"), F.avg("_len").alias("_mean"))
+        entries = baskets.select(
+            S.CUSTOMER_ID, F.size("_in").alias("_c"), F.explode("_in").alias("_e")
+        )
+        x = F.col("_e._x")
+        length = F.lit(1 - _BM25_B) + F.lit(_BM25_B) * F.col("_len") / F.col("_mean")
+        idf = F.greatest(F.log(F.col("_n")) - F.log1p(F.col("_c")), F.lit(0.0))
+        weight = x * (_BM25_K1 + 1) / (F.lit(_BM25_K1) * length + x) * idf
+        weighted = (
+            entries.join(F.broadcast(products), F.col("_e._p") == F.col(S.PRODUCT_ID))
+            .crossJoin(F.broadcast(stats))
+            .groupBy(S.CUSTOMER_ID)
+            .agg(
+                F.collect_list(F.struct(F.col("_e._p").alias("_p"), weight.alias("_w"))).alias(
+                    "_in"
+                )
+            )
+        )
+    else:
+        weighted = baskets.select(
+            F.transform(
+                "_in", lambda e: F.struct(e["_p"].alias("_p"), F.lit(1.0).alias("_w"))
+            ).alias("_in")
+        )
+    left = weighted.select(F.explode("_in").alias("_a"), "_in").select(
+        F.col("_a._p").alias(ITEM), F.col("_a._w").alias("_wa"), "_in"
+    )
     if items is not None:
         left = left.join(F.broadcast(items.toDF(ITEM)), ITEM, "left_semi")
     together = (
-        left.select(ITEM, F.explode("_in").alias(NEIGHBOUR))
-        .where(F.col(ITEM) != F.col(NEIGHBOUR))
-        .groupBy(ITEM, NEIGHBOUR)
-        .agg(F.count(F.lit(1)).alias("_both"))
+        left.select(ITEM, "_wa", F.explode("_in").alias("_b"))
+        .where(F.col(ITEM) != F.col("_b._p"))
+        .groupBy(ITEM, F.col("_b._p").alias(NEIGHBOUR))
+        .agg(F.sum(F.col("_wa") * F.col("_b._w")).alias("_both"))
     )
-    # One row per product: small enough to broadcast to both sides.
-    similarity = (
-        together.join(F.broadcast(buyers.toDF(ITEM, "_bi")), ITEM)
-        .join(F.broadcast(buyers.toDF(NEIGHBOUR, "_bj")), NEIGHBOUR)
-        .select(
-            ITEM,
-            NEIGHBOUR,
-            (F.col("_both") / F.sqrt(F.col("_bi") * F.col("_bj"))).alias(SIMILARITY),
+    if weighting == BM25:
+        similarity = together.select(ITEM, NEIGHBOUR, F.col("_both").alias(SIMILARITY))
+    else:
+        buyers = products.select(S.PRODUCT_ID, "_buyers")
+        similarity = (
+            together.join(F.broadcast(buyers.toDF(ITEM, "_bi")), ITEM)
+            .join(F.broadcast(buyers.toDF(NEIGHBOUR, "_bj")), NEIGHBOUR)
+            .select(
+                ITEM,
+                NEIGHBOUR,
+                (F.col("_both") / F.sqrt(F.col("_bi") * F.col("_bj"))).alias(SIMILARITY),
+            )
         )
-    )
     best = Window.partitionBy(ITEM).orderBy(F.col(SIMILARITY).desc(), NEIGHBOUR)
     return (
-        similarity.withColumn("_r", F.row_number().over(best))
+        similarity.where(F.col(SIMILARITY) > 0)
+        .withColumn("_r", F.row_number().over(best))
         .where(F.col("_r") <= neighbours)
         .drop("_r")
     )

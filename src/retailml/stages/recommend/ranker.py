@@ -431,6 +431,7 @@ def candidates_at(
             lookback_days=cfg.knn_lookback_days,
             neighbours=cfg.knn_neighbours,
             recent_products=cfg.knn_recent_products,
+            weighting=cfg.knn_weighting,
             items=mine.select(S.PRODUCT_ID).distinct(),
             keep=keep,
         ),
