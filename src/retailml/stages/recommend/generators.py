@@ -112,12 +112,14 @@ def item_neighbours(
 
     - ``bm25``: ``sim(i, j) = Σ_c w(c, i) w(c, j)`` with the Okapi BM25 weight of the product
       as a document and the customer as a term, ``w = x (K1 + 1) / (K1 L_i + x) × idf_c``,
-      ``L_i = 1 - B + B len_i / mean len`` (``len_i = Σ_c x``) and ``idf_c = max(0, ln N -
-      ln(1 + n_c))`` (``N`` products, ``n_c`` the customer's products), ``K1 = 1.2``, ``B =
-      0.75``: the ``implicit`` library's ``BM25Recommender`` (Frederickson,
-      implicit.readthedocs.io), which weighs down customers who buy everything and products
-      everyone buys. The idf is kept at zero or above: a customer who bought (nearly) every
-      product says nothing about which go together.
+      ``L_i = 1 - B + B len_i / mean len`` (``len_i = Σ_c x``), ``idf_c = ln N - ln(1 + n_c)``
+      (``N`` the products in the baskets, ``n_c`` the customer's products in theirs, at most
+      ``recent_products``), ``K1 = 1.2``, ``B = 0.75``: the weighting of the ``implicit``
+      library's ``BM25Recommender`` (Frederickson, implicit.readthedocs.io), which weighs down
+      products everyone buys and, a little, customers with many products. Unlike implicit,
+      the idf is kept at zero or above (a customer whose basket holds nearly every product
+      says nothing about which go together; it only matters in catalogues of at most
+      ``recent_products`` + 1 products).
     - ``cosine``: ``|B(i) ∩ B(j)| / sqrt(|B(i)| |B(j)|)`` over the distinct buyers ``B``
       (Sarwar et al., "Item-based collaborative filtering recommendation algorithms", WWW
       2001).
@@ -132,7 +134,7 @@ def item_neighbours(
         items: ``product_id`` of the products whose neighbours are wanted (None: every
             product). A product's neighbours do not depend on which others are asked for; the
             buyer counts and weights still come from every customer.
-        keep: When given, the customers' baskets (read twice) are persisted into it.
+        keep: When given, the customers' baskets (read more than once) are persisted into it.
 
     Returns:
         ``item, neighbour, similarity`` with similarity > 0 (at most 1 for cosine).
