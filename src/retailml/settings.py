@@ -272,7 +272,7 @@ class RecommendSettings(_Section):
         "(all products) of the evaluation window.",
     )
     knn_neighbours: int = Field(20, ge=1, description="Item-kNN: neighbours kept per product.")
-    knn_weighting: Literal["bm25", "cosine"] = Field("cosine", description="Item-kNN similarity.")
+    knn_weighting: Literal["bm25", "cosine"] = Field("bm25", description="Item-kNN similarity.")
     knn_lookback_days: int = Field(
         365, ge=1, description="Item-kNN: co-purchases in this many days before the cutoff."
     )

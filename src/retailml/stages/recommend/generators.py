@@ -101,7 +101,7 @@ def item_neighbours(
     lookback_days: int,
     neighbours: int,
     recent_products: int,
-    weighting: str = COSINE,
+    weighting: str = BM25,
     items: DataFrame | None = None,
     keep: list[DataFrame] | None = None,
 ) -> DataFrame:
