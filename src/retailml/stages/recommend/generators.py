@@ -167,31 +167,7 @@ def item_neighbours(
         .groupBy(F.col("_e._p").alias(S.PRODUCT_ID))
         .agg(F.count(F.lit(1)).alias("_buyers"), F.sum("_e._x").alias("_len"))
     )
-    if weighting == BM25:
-        stats = products.agg(F.count(F.lit(1)).alias("_n"), F.avg("_len").alias("_mean"))
-        entries = baskets.select(
-            S.CUSTOMER_ID, F.size("_in").alias("_c"), F.explode("_in").alias("_e")
-        )
-        x = F.col("_e._x")
-        length = F.lit(1 - _BM25_B) + F.lit(_BM25_B) * F.col("_len") / F.col("_mean")
-        idf = F.greatest(F.log(F.col("_n")) - F.log1p(F.col("_c")), F.lit(0.0))
-        weight = x * (_BM25_K1 + 1) / (F.lit(_BM25_K1) * length + x) * idf
-        weighted = (
-            entries.join(F.broadcast(products), F.col("_e._p") == F.col(S.PRODUCT_ID))
-            .crossJoin(F.broadcast(stats))
-            .groupBy(S.CUSTOMER_ID)
-            .agg(
-                F.collect_list(F.struct(F.col("_e._p").alias("_p"), weight.alias("_w"))).alias(
-                    "_in"
-                )
-            )
-        )
-    else:
-        weighted = baskets.select(
-            F.transform(
-                "_in", lambda e: F.struct(e["_p"].alias("_p"), F.lit(1.0).alias("_w"))
-            ).alias("_in")
-        )
+    weighted = _bm25_weighted(baskets, products) if weighting == BM25 else _unit_weighted(baskets)
     left = weighted.select(F.explode("_in").alias("_a"), "_in").select(
         F.col("_a._p").alias(ITEM), F.col("_a._w").alias("_wa"), "_in"
     )
@@ -201,27 +177,59 @@ def item_neighbours(
         left.select(ITEM, "_wa", F.explode("_in").alias("_b"))
         .where(F.col(ITEM) != F.col("_b._p"))
         .groupBy(ITEM, F.col("_b._p").alias(NEIGHBOUR))
-        .agg(F.sum(F.col("_wa") * F.col("_b._w")).alias("_both"))
+        .agg(F.sum(F.col("_wa") * F.col("_b._w")).alias(SIMILARITY))
     )
-    if weighting == BM25:
-        similarity = together.select(ITEM, NEIGHBOUR, F.col("_both").alias(SIMILARITY))
-    else:
-        buyers = products.select(S.PRODUCT_ID, "_buyers")
-        similarity = (
-            together.join(F.broadcast(buyers.toDF(ITEM, "_bi")), ITEM)
-            .join(F.broadcast(buyers.toDF(NEIGHBOUR, "_bj")), NEIGHBOUR)
-            .select(
-                ITEM,
-                NEIGHBOUR,
-                (F.col("_both") / F.sqrt(F.col("_bi") * F.col("_bj"))).alias(SIMILARITY),
-            )
-        )
+    similarity = together if weighting == BM25 else _cosine(together, products)
     best = Window.partitionBy(ITEM).orderBy(F.col(SIMILARITY).desc(), NEIGHBOUR)
     return (
         similarity.where(F.col(SIMILARITY) > 0)
         .withColumn("_r", F.row_number().over(best))
         .where(F.col("_r") <= neighbours)
         .drop("_r")
+    )
+
+
+def _bm25_weighted(baskets: DataFrame, products: DataFrame) -> DataFrame:
+    """``_in``: each customer's basket as ``struct<_p, _w>``, ``_w`` the BM25 weight of
+    :func:`item_neighbours` (``products``: ``product_id, _len``, one row each)."""
+    stats = products.agg(F.count(F.lit(1)).alias("_n"), F.avg("_len").alias("_mean"))
+    entries = baskets.select(S.CUSTOMER_ID, F.size("_in").alias("_c"), F.explode("_in").alias("_e"))
+    x = F.col("_e._x")
+    length = F.lit(1 - _BM25_B) + F.lit(_BM25_B) * F.col("_len") / F.col("_mean")
+    idf = F.greatest(F.log(F.col("_n")) - F.log1p(F.col("_c")), F.lit(0.0))
+    weight = x * (_BM25_K1 + 1) / (F.lit(_BM25_K1) * length + x) * idf
+    entry = F.struct(F.col("_e._p").alias("_p"), weight.alias("_w"))
+    return (
+        entries.join(F.broadcast(products), F.col("_e._p") == F.col(S.PRODUCT_ID))
+        .crossJoin(F.broadcast(stats))
+        .groupBy(S.CUSTOMER_ID)
+        .agg(F.collect_list(entry).alias("_in"))
+    )
+
+
+def _unit_weighted(baskets: DataFrame) -> DataFrame:
+    """``_in``: each customer's basket as ``struct<_p, _w>`` with every weight 1 (sums of the
+    weights' products are then co-purchase counts)."""
+    return baskets.select(
+        F.transform("_in", lambda e: F.struct(e["_p"].alias("_p"), F.lit(1.0).alias("_w"))).alias(
+            "_in"
+        )
+    )
+
+
+def _cosine(together: DataFrame, products: DataFrame) -> DataFrame:
+    """Co-purchase counts ``item, neighbour, similarity`` divided by ``sqrt(|B(i)| |B(j)|)``
+    (``products``: ``product_id, _buyers``, one row each: small enough to broadcast)."""
+    buyers = products.select(S.PRODUCT_ID, "_buyers")
+    return (
+        together.withColumnRenamed(SIMILARITY, "_both")
+        .join(F.broadcast(buyers.toDF(ITEM, "_bi")), ITEM)
+        .join(F.broadcast(buyers.toDF(NEIGHBOUR, "_bj")), NEIGHBOUR)
+        .select(
+            ITEM,
+            NEIGHBOUR,
+            (F.col("_both") / F.sqrt(F.col("_bi") * F.col("_bj"))).alias(SIMILARITY),
+        )
     )
 
 
