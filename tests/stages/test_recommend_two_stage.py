@@ -91,12 +91,37 @@ def test_item_neighbours_are_cosine_of_buyers_top_n_from_recent_products(
     }
 
     weights = spark.createDataFrame([("x", "p1", 2.0), ("x", "p3", 1.0)], SCORES)
-    scores = as_dict(recommend.item_knn(weights, top), S.PRODUCT_ID, value="score")
+    scores = as_dict(recommend.item_knn(weights, top, depth=10), S.PRODUCT_ID, value="score")
     # x's p1 proposes p2; x's p3 proposes p1 (a product x bought may come back).
     assert scores == {
         ("p2",): pytest.approx(2.0 * 2 / math.sqrt(6)),
         ("p1",): pytest.approx(1.0 / math.sqrt(3)),
     }
+
+
+def test_item_knn_keeps_each_customers_best_and_best_unbought(spark: SparkSession) -> None:
+    from retailml.stages.recommend.generators import top_candidates
+
+    neighbours = spark.createDataFrame(
+        [("a", "b", 0.9), ("a", "c", 0.5), ("a", "d", 0.1), ("b", "a", 0.8)],
+        "item string, neighbour string, similarity double",
+    )
+    # x bought a and b; y bought only c, which has no neighbours.
+    weights = spark.createDataFrame([("x", "a", 1.0), ("x", "b", 1.0), ("y", "c", 2.0)], SCORES)
+    bought = weights.select(S.CUSTOMER_ID, S.PRODUCT_ID)
+    # x's scores: b 0.9 and a 0.8 (bought, through each other), c 0.5, d 0.1.
+    every = recommend.item_knn(weights, neighbours, depth=10)
+    assert as_dict(every, S.CUSTOMER_ID, S.PRODUCT_ID, value="score") == {
+        ("x", "b"): pytest.approx(0.9),
+        ("x", "a"): pytest.approx(0.8),
+        ("x", "c"): pytest.approx(0.5),
+        ("x", "d"): pytest.approx(0.1),
+    }
+    one = recommend.item_knn(weights, neighbours, depth=1)
+    assert sorted(r.product_id for r in one.collect()) == ["b", "c"]  # best; best not bought
+    for exclude, expected in ((None, "b"), (bought, "c")):
+        top = top_candidates({"item_knn": one}, depth=1, exclude=exclude)
+        assert [r.product_id for r in top.collect()] == [expected]
 
 
 def test_item_neighbours_bm25_weighs_purchase_days_products_and_customers(

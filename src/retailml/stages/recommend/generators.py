@@ -233,22 +233,58 @@ def _cosine(together: DataFrame, products: DataFrame) -> DataFrame:
     )
 
 
-def item_knn(repeat_scores: DataFrame, neighbours: DataFrame) -> DataFrame:
-    """Products similar to what the customer bought: ``Σ_i repeat(c, i) × sim(i, j)``.
+def item_knn(repeat_scores: DataFrame, neighbours: DataFrame, *, depth: int) -> DataFrame:
+    """Products similar to what the customer bought: ``Σ_i repeat(c, i) × sim(i, j)``, each
+    customer's ``depth`` best, and their ``depth`` best among the products they did not buy.
+
+    Both tops come from one pass: the customers' products are grouped by customer once, and
+    the neighbours' sums, the bought mark and the ranking happen within those partitions (at
+    M, 11M scored pairs were shuffled, persisted and ranked twice, once per list).
 
     Args:
-        repeat_scores: :func:`repeat`'s output (the weights of the customer's products).
-        neighbours: :func:`item_neighbours`' output.
+        repeat_scores: :func:`repeat`'s output (the weights of the customer's products; its
+            products are what the customer bought).
+        neighbours: :func:`item_neighbours`' output (small: broadcast).
+        depth: Products kept per customer, in each of the two tops.
 
     Returns:
-        ``customer_id, product_id, score`` (products the customer bought may be among them,
-        through their neighbours).
+        ``customer_id, product_id, score``: the union of both tops (products the customer
+        bought may be among them, through their neighbours), so that :func:`top_candidates`
+        with or without the bought products excluded finds the same ``depth`` best as from
+        every score.
     """
-    weights = repeat_scores.select(S.CUSTOMER_ID, F.col(S.PRODUCT_ID).alias(ITEM), S.SCORE_VALUE)
-    return (
-        weights.join(neighbours, ITEM)
+    own = repeat_scores.groupBy(S.CUSTOMER_ID).agg(
+        F.collect_list(F.struct(F.col(S.PRODUCT_ID).alias("_i"), S.SCORE_VALUE)).alias("_own")
+    )
+    # Each product is also its own neighbour with a null similarity: a customer's own products
+    # reached through others are marked bought without a join to what was bought.
+    reachable = neighbours.select(F.col(NEIGHBOUR).alias(ITEM)).distinct()
+    marked = neighbours.select(ITEM, NEIGHBOUR, SIMILARITY).unionByName(
+        reachable.select(
+            ITEM, F.col(ITEM).alias(NEIGHBOUR), F.lit(None).cast("double").alias(SIMILARITY)
+        )
+    )
+    scored = (
+        own.select(S.CUSTOMER_ID, F.explode("_own").alias("_e"))
+        .join(F.broadcast(marked), F.col("_e._i") == F.col(ITEM))
         .groupBy(S.CUSTOMER_ID, F.col(NEIGHBOUR).alias(S.PRODUCT_ID))
-        .agg(F.sum(F.col(S.SCORE_VALUE) * F.col(SIMILARITY)).alias(S.SCORE_VALUE))
+        .agg(
+            F.sum(F.col(f"_e.{S.SCORE_VALUE}") * F.col(SIMILARITY)).alias(S.SCORE_VALUE),
+            F.max(F.col(SIMILARITY).isNull()).alias("_bought"),
+        )
+        .where(F.col(S.SCORE_VALUE).isNotNull())  # reached through a neighbour
+    )
+    order = (
+        Window.partitionBy(S.CUSTOMER_ID)
+        .orderBy(F.col(S.SCORE_VALUE).desc(), S.PRODUCT_ID)
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    unbought_so_far = F.count(F.when(~F.col("_bought"), F.lit(1))).over(order)
+    return (
+        scored.withColumn("_r", F.row_number().over(order))
+        .withColumn("_new", unbought_so_far)
+        .where((F.col("_r") <= depth) | (~F.col("_bought") & (F.col("_new") <= depth)))
+        .select(S.CUSTOMER_ID, S.PRODUCT_ID, S.SCORE_VALUE)
     )
 
 

@@ -35,7 +35,6 @@ from retailml.stages.recommend.data import (
     Indexers,
     persist,
     popularity,
-    purchased,
     without_lineage,
 )
 from retailml.stages.recommend.generators import (
@@ -415,13 +414,14 @@ def candidates_at(
         popular: :func:`popularity` at ``end`` when the caller has it already.
         days: :func:`purchase_days` before ``end`` when the caller has them already.
     """
-    before = transactions.where(F.col(S.EVENT_DATE) < F.lit(end))
     who = customers.select(S.CUSTOMER_ID)
     if days is None:
         days = persist(purchase_days(transactions, end=end), keep)
-    bought = persist(purchased(before).join(who, S.CUSTOMER_ID, "left_semi"), keep)
     repeats = repeat(days, end=end, half_life=half_life)
     mine = persist(repeats.join(who, S.CUSTOMER_ID, "left_semi"), keep)
+    # What they bought: the repeat generator's products are exactly those (no second read of
+    # the transactions).
+    bought = mine.select(S.CUSTOMER_ID, S.PRODUCT_ID)
     # Only the neighbours of products these customers bought are read (fewer pairs to count
     # when serving a few customers).
     neighbours = persist(
@@ -443,7 +443,8 @@ def candidates_at(
             keep,
         )
     depth = cfg.candidates
-    knn = persist(item_knn(mine, neighbours), keep)
+    # Deep enough for the candidates and for item-kNN's own top k, measured alone.
+    knn = persist(item_knn(mine, neighbours, depth=max(depth, cfg.k)), keep)
     als = persist(als_candidates(als_model, indexers, who, depth=depth, exclude=bought), keep)
 
     def of_als(masked: bool) -> DataFrame:
