@@ -103,25 +103,37 @@ def test_item_knn_keeps_each_customers_best_and_best_unbought(spark: SparkSessio
     from retailml.stages.recommend.generators import top_candidates
 
     neighbours = spark.createDataFrame(
-        [("a", "b", 0.9), ("a", "c", 0.5), ("a", "d", 0.1), ("b", "a", 0.8)],
+        [("a", "b", 0.9), ("a", "c", 0.5), ("a", "d", 0.1), ("b", "a", 0.8), ("b", "d", 0.4)],
         "item string, neighbour string, similarity double",
     )
-    # x bought a and b; y bought only c, which has no neighbours.
-    weights = spark.createDataFrame([("x", "a", 1.0), ("x", "b", 1.0), ("y", "c", 2.0)], SCORES)
+    # x bought a, b and d; y bought only c, which has no neighbours.
+    weights = spark.createDataFrame(
+        [("x", "a", 1.0), ("x", "b", 1.0), ("x", "d", 1.0), ("y", "c", 2.0)], SCORES
+    )
     bought = weights.select(S.CUSTOMER_ID, S.PRODUCT_ID)
-    # x's scores: b 0.9 and a 0.8 (bought, through each other), c 0.5, d 0.1.
+    # x's scores: b 0.9 and a 0.8 (bought, through each other), c 0.5, and d 0.5 (bought):
+    # tied with c, after it by product id.
     every = recommend.item_knn(weights, neighbours, depth=10)
     assert as_dict(every, S.CUSTOMER_ID, S.PRODUCT_ID, value="score") == {
         ("x", "b"): pytest.approx(0.9),
         ("x", "a"): pytest.approx(0.8),
         ("x", "c"): pytest.approx(0.5),
-        ("x", "d"): pytest.approx(0.1),
+        ("x", "d"): pytest.approx(0.5),
     }
     one = recommend.item_knn(weights, neighbours, depth=1)
     assert sorted(r.product_id for r in one.collect()) == ["b", "c"]  # best; best not bought
-    for exclude, expected in ((None, "b"), (bought, "c")):
-        top = top_candidates({"item_knn": one}, depth=1, exclude=exclude)
-        assert [r.product_id for r in top.collect()] == [expected]
+    # At every depth, the tops with and without the bought products are those of every score.
+    for depth in (1, 2, 3):
+        kept = recommend.item_knn(weights, neighbours, depth=depth)
+        for exclude in (None, bought):
+
+            def tops(
+                scores: DataFrame, depth: int = depth, exclude: DataFrame | None = exclude
+            ) -> list[tuple[object, ...]]:
+                top = top_candidates({"item_knn": scores}, depth=depth, exclude=exclude)
+                return sorted(tuple(r) for r in top.collect())
+
+            assert tops(kept) == tops(every)
 
 
 def test_item_neighbours_bm25_weighs_purchase_days_products_and_customers(

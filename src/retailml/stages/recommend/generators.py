@@ -245,14 +245,16 @@ def item_knn(repeat_scores: DataFrame, neighbours: DataFrame, *, depth: int) -> 
     Args:
         repeat_scores: :func:`repeat`'s output (the weights of the customer's products; its
             products are what the customer bought).
-        neighbours: :func:`item_neighbours`' output (small: broadcast).
+        neighbours: :func:`item_neighbours`' output (similarity never null). Broadcast: at
+            most catalogue × ``recommend.knn_neighbours`` rows (40,000 at M), so the sums stay
+            in the customers' partitions.
         depth: Products kept per customer, in each of the two tops.
 
     Returns:
         ``customer_id, product_id, score``: the union of both tops (products the customer
         bought may be among them, through their neighbours), so that :func:`top_candidates`
-        with or without the bought products excluded finds the same ``depth`` best as from
-        every score.
+        (or ``als.top_k``) at a depth of at most ``depth``, with nothing excluded or with
+        exactly ``repeat_scores``' pairs excluded, finds the same best as from every score.
     """
     own = repeat_scores.groupBy(S.CUSTOMER_ID).agg(
         F.collect_list(F.struct(F.col(S.PRODUCT_ID).alias("_i"), S.SCORE_VALUE)).alias("_own")

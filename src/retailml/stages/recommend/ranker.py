@@ -379,7 +379,9 @@ class Candidates:
     cutoff: date
     for_you: DataFrame
     discover: DataFrame
-    generated: dict[str, DataFrame]  # generator → customer_id, product_id, score (for_you)
+    # generator → customer_id, product_id, score (for_you); item-kNN's holds only each
+    # customer's max(candidates, k) best and best never bought (see item_knn)
+    generated: dict[str, DataFrame]
     bought: DataFrame  # (customer_id, product_id) the customers bought before the cutoff
     popular: DataFrame  # the popularity ranking at the cutoff
 
