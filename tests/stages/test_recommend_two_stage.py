@@ -126,14 +126,11 @@ def test_item_knn_keeps_each_customers_best_and_best_unbought(spark: SparkSessio
     for depth in (1, 2, 3):
         kept = recommend.item_knn(weights, neighbours, depth=depth)
         for exclude in (None, bought):
-
-            def tops(
-                scores: DataFrame, depth: int = depth, exclude: DataFrame | None = exclude
-            ) -> list[tuple[object, ...]]:
-                top = top_candidates({"item_knn": scores}, depth=depth, exclude=exclude)
-                return sorted(tuple(r) for r in top.collect())
-
-            assert tops(kept) == tops(every)
+            tops = [
+                sorted(top_candidates({"item_knn": f}, depth=depth, exclude=exclude).collect())
+                for f in (kept, every)
+            ]
+            assert tops[0] == tops[1]
 
 
 def test_item_neighbours_bm25_weighs_purchase_days_products_and_customers(
