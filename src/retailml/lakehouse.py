@@ -92,6 +92,13 @@ TABLES: dict[str, TableSpec] = {
             "the two-stage recommender, filled from popularity",
         ),
         TableSpec(
+            "gold.similar_products",
+            S.SIMILAR_PRODUCTS,
+            "recommend",
+            "item-kNN's most similar products per product (bought together), as each "
+            "recommender version computed them at its first serve and serves with them",
+        ),
+        TableSpec(
             "ops.workflow_runs",
             S.WORKFLOW_RUNS,
             "run",

@@ -250,6 +250,19 @@ RECOMMENDATIONS = _fields(
     (COMPUTED_AS_OF, DateType(), True),
 )
 
+# Item-kNN's neighbours of every product, as a served recommender version computed them.
+SIMILAR_PRODUCT_ID = "similar_product_id"
+SIMILARITY = "similarity"
+
+SIMILAR_PRODUCTS = _fields(
+    (PRODUCT_ID, StringType(), False),
+    (RANK, IntegerType(), False),
+    (SIMILAR_PRODUCT_ID, StringType(), False),
+    (SIMILARITY, DoubleType(), False),
+    (MODEL_VERSION, StringType(), False),
+    (AS_OF_DATE, DateType(), False),
+)
+
 
 # Ops: the workflow's run history (append-only; the latest row of a run or attempt wins).
 RUN_ID = "run_id"

@@ -473,6 +473,21 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     card = customer_card(settings, spark, "c00")
     assert card[0] == "for you (rebuys allowed) as of 2011-04-01:"
     assert card[4] == "discover (never bought) as of 2011-04-01:" and len(card) == 8
+    # The version's item-kNN neighbours: every product's at the as-of date, stored ranked.
+    similar = lake.read("gold.similar_products")
+    assert similar.columns == S.SIMILAR_PRODUCTS.fieldNames()
+    days = recommend.purchase_days(lake.read("silver.transactions"), end=date(2011, 4, 1))
+    expected = recommend.neighbours_at(days, end=date(2011, 4, 1), cfg=settings.recommend, keep=[])
+    ordered = sorted(expected.collect(), key=lambda r: (r.item, -r.similarity, r.neighbour))
+    ranks = [sum(1 for e in ordered[: i + 1] if e.item == r.item) for i, r in enumerate(ordered)]
+    assert ordered and sorted(
+        (r.product_id, r.rank, r.similar_product_id, r.similarity, r.model_version, r.as_of_date)
+        for r in similar.collect()
+    ) == [
+        (r.item, rank, r.neighbour, r.similarity, first.model_version, date(2011, 4, 1))
+        for r, rank in zip(ordered, ranks, strict=True)
+    ]
+    stored = lake.version("gold.similar_products")
 
     client = tracking.configure(settings)
     name = settings.recommend.model_name
@@ -513,6 +528,8 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     assert not second.decision.promoted and second.model_version == first.model_version
     again = lake.read("gold.recommendations").collect()
     assert sorted(again) == sorted(rows)
+    # The champion's later serves read its neighbours; nothing rewrites them.
+    assert lake.version("gold.similar_products") == stored
 
     # The next day c02 buys again. The champion serves as it is: c02's lists are computed at
     # the new date, and those of the customers whose day of the 7-day refresh cycle it is;
@@ -550,6 +567,8 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     assert {c for recs in everyone.values() for _, _, c in recs} == {date(2011, 4, 2)}
     for name in (S.FOR_YOU, S.DISCOVER):
         assert [p for _, p, _ in everyone[("c02", name)]] == [p for _, p, _ in after[("c02", name)]]
+    # The daily serves too read the version's neighbours of 2011-04-01.
+    assert lake.version("gold.similar_products") == stored
 
 
 def test_an_earlier_gold_table_gains_the_list_column(tmp_path: Path, spark: SparkSession) -> None:

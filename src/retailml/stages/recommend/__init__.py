@@ -76,12 +76,19 @@ ones included, is the version that produced the list.
 
 The write replaces the as-of date's rows of ``gold.recommendations`` (idempotent per date).
 
+**Similar products.** A version's first serve computes item-kNN's neighbours of every product
+at its as-of date and stores them in ``gold.similar_products`` under the version (ranked per
+product: "bought together"); every later serve of that version reads them back instead of
+counting co-purchases again. Like the ALS factors, they are part of the version until a
+retrained one replaces it.
+
 **Retrain on need.** A run whose inputs are unchanged does nothing (``ops.lineage``). When they
 changed, the recommender is tuned and trained again only if asked (``workflow.retrain``), if
 there is no two-stage champion, if the recommend settings changed, or if the champion is older
 than ``workflow.max_champion_age_days``; otherwise the champion serves both lists at the new
-as-of date as it is (its ALS factors and rankers; the generators run on all history, so new
-customers and products still get repeat, item-kNN and popularity candidates), to the
+as-of date as it is (its ALS factors, item neighbours and rankers; the customers' own
+purchases and the popularity ranking are read at the new date, so new customers still get
+repeat, item-kNN and popularity candidates), to the
 customers whose lists are due; the others keep theirs (``publish.carry_forward``).
 """
 
@@ -123,7 +130,7 @@ from retailml.stages.recommend.generators import (
     repeat,
     top_candidates,
 )
-from retailml.stages.recommend.publish import ServedResult
+from retailml.stages.recommend.publish import ServedResult, similar_products
 from retailml.stages.recommend.ranker import (
     FEATURES,
     CutoffFacts,
@@ -131,6 +138,7 @@ from retailml.stages.recommend.ranker import (
     candidates_at,
     cutoff_facts,
     labelled,
+    neighbours_at,
     rank_candidates,
     ranker_estimator,
 )
@@ -177,6 +185,7 @@ __all__ = [
     "item_knn",
     "item_neighbours",
     "labelled",
+    "neighbours_at",
     "pack",
     "popular_candidates",
     "popularity",
@@ -190,6 +199,7 @@ __all__ = [
     "run",
     "scored_candidates",
     "serve",
+    "similar_products",
     "top_candidates",
     "top_k",
     "top_k_from_candidates",

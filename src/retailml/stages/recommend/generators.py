@@ -51,7 +51,7 @@ MASKED_COLUMN = "masked"
 # Item-kNN's similarity table.
 ITEM = "item"
 NEIGHBOUR = "neighbour"
-SIMILARITY = "similarity"
+SIMILARITY = S.SIMILARITY
 # Item-kNN's co-purchase weightings, and BM25's parameters (the implicit library's
 # BM25Recommender defaults).
 BM25 = "bm25"

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.ml import PipelineModel
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from retailml import lineage
@@ -29,6 +29,8 @@ from retailml.ml import registry
 from retailml.ml.retrain import champion_rules
 from retailml.settings import RecommendSettings, Settings
 from retailml.stages.recommend.data import check_transactions, persist
+from retailml.stages.recommend.generators import ITEM, NEIGHBOUR, SIMILARITY, purchase_days
+from retailml.stages.recommend.ranker import neighbours_at
 from retailml.stages.recommend.serving import gold_rows, serve
 
 
@@ -56,6 +58,11 @@ CONSTRAINTS = {
     "rank_from_1": f"{S.RANK} >= 1",
     "list_is_known": f"{S.LIST} IN ('{S.FOR_YOU}', '{S.DISCOVER}')",
     "computed_by_as_of": f"{S.COMPUTED_AS_OF} IS NULL OR {S.COMPUTED_AS_OF} <= {S.AS_OF_DATE}",
+}
+SIMILAR_CONSTRAINTS = {
+    "rank_from_1": f"{S.RANK} >= 1",
+    "similarity_positive": f"{S.SIMILARITY} > 0",
+    "not_itself": f"{S.SIMILAR_PRODUCT_ID} <> {S.PRODUCT_ID}",
 }
 
 
@@ -100,11 +107,23 @@ def write_lists(
 ) -> dict[tuple[str, str], int]:
     """Serve both lists with ``serving`` at the as-of date — to every customer, or with
     ``carried`` to its ``fresh`` customers, the others keeping its rows — and replace the
-    date's rows of ``gold.recommendations``; the rows written per list and source."""
+    date's rows of ``gold.recommendations``; the rows written per list and source.
+
+    Item-kNN serves with the version's own neighbours (:func:`similar_products`): a version's
+    first serve computes every product's at its as-of date and stores them in
+    ``gold.similar_products``, and every later serve of that version reads them back — like
+    its ALS factors, they are part of the model until it is retrained."""
     as_of = inputs.as_of
     customers = inputs.customers
     if carried is not None:
         customers = customers.join(carried.fresh, S.CUSTOMER_ID, "left_semi")
+    neighbours, days = similar_products(lake, version), None
+    if neighbours is None:
+        days = persist(purchase_days(inputs.transactions, end=as_of), keep)
+        neighbours = neighbours_at(days, end=as_of, cfg=cfg, keep=keep)
+        stored = similar_rows(neighbours, version=version, as_of=as_of)
+        lake.replace_where("gold.similar_products", stored, f"{S.MODEL_VERSION} = '{version}'")
+        lake.add_constraints("gold.similar_products", SIMILAR_CONSTRAINTS)
     recommendations = serve(
         serving,
         inputs.transactions,
@@ -114,6 +133,8 @@ def write_lists(
         cfg=cfg,
         categories=inputs.categories,
         keep=keep,
+        neighbours=neighbours,
+        days=days,
     )
     rows = gold_rows(recommendations, inputs.products, as_of=as_of, model_version=version)
     if carried is not None:
@@ -121,6 +142,35 @@ def write_lists(
     lake.replace_where("gold.recommendations", rows, f"{S.AS_OF_DATE} = '{as_of.isoformat()}'")
     lake.add_constraints("gold.recommendations", CONSTRAINTS)
     return rows_by_source(lake, as_of)
+
+
+def similar_products(lake: Lakehouse, version: str) -> DataFrame | None:
+    """The neighbours ``version`` serves with, as item-kNN reads them (``item, neighbour,
+    similarity``), or None when ``gold.similar_products`` holds none of that version."""
+    if not lake.exists("gold.similar_products"):
+        return None
+    rows = lake.read("gold.similar_products").where(F.col(S.MODEL_VERSION) == F.lit(version))
+    if not rows.limit(1).count():
+        return None
+    return rows.select(
+        F.col(S.PRODUCT_ID).alias(ITEM),
+        F.col(S.SIMILAR_PRODUCT_ID).alias(NEIGHBOUR),
+        F.col(S.SIMILARITY).alias(SIMILARITY),
+    )
+
+
+def similar_rows(neighbours: DataFrame, *, version: str, as_of: date) -> DataFrame:
+    """``neighbours`` (``item, neighbour, similarity``) as ``gold.similar_products`` rows:
+    ranked 1.. per product by similarity (neighbour id on ties, as item-kNN keeps them)."""
+    order = Window.partitionBy(ITEM).orderBy(F.col(SIMILARITY).desc(), NEIGHBOUR)
+    return neighbours.select(
+        F.col(ITEM).alias(S.PRODUCT_ID),
+        F.row_number().over(order).cast("int").alias(S.RANK),
+        F.col(NEIGHBOUR).alias(S.SIMILAR_PRODUCT_ID),
+        F.col(SIMILARITY),
+        F.lit(version).alias(S.MODEL_VERSION),
+        F.lit(as_of).cast("date").alias(S.AS_OF_DATE),
+    )
 
 
 def retrain_reason(
@@ -264,8 +314,9 @@ def serve_champion(
     previous: lineage.Inputs | None,
 ) -> ServedResult:
     """Both lists from the champion at the new as-of date, without tuning or training: its
-    ALS factors, rankers and half-life; the generators run on all history as always, for the
-    customers whose lists are due (:func:`carry_forward`)."""
+    ALS factors, item neighbours, rankers and half-life, with the customers' purchases and the
+    popularity ranking at the new date, for the customers whose lists are due
+    (:func:`carry_forward`)."""
     serving, version, half_life = champion_model(client, cfg, str(champion.version))
     kept: list[DataFrame] = []
     try:

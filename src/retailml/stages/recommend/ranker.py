@@ -390,6 +390,38 @@ class Candidates:
         return {FOR_YOU: self.for_you, DISCOVER: self.discover}
 
 
+def neighbours_at(
+    days: DataFrame,
+    *,
+    end: date,
+    cfg: RecommendSettings,
+    keep: list[DataFrame],
+    items: DataFrame | None = None,
+) -> DataFrame:
+    """:func:`item_neighbours` at the cutoff ``end`` with the ``recommend.knn_*`` settings,
+    persisted into ``keep``.
+
+    Args:
+        days: :func:`purchase_days` before ``end``.
+        items: ``product_id`` of the products whose neighbours are wanted (None: every
+            product).
+
+    Returns:
+        ``item, neighbour, similarity``.
+    """
+    found = item_neighbours(
+        days,
+        end=end,
+        lookback_days=cfg.knn_lookback_days,
+        neighbours=cfg.knn_neighbours,
+        recent_products=cfg.knn_recent_products,
+        weighting=cfg.knn_weighting,
+        items=items,
+        keep=keep,
+    )
+    return persist(found, keep)
+
+
 def candidates_at(
     transactions: DataFrame,
     customers: DataFrame,
@@ -403,6 +435,7 @@ def candidates_at(
     keep: list[DataFrame],
     popular: DataFrame | None = None,
     days: DataFrame | None = None,
+    neighbours: DataFrame | None = None,
 ) -> Candidates:
     """Every generator at the cutoff ``end`` for ``customers``, and both lists' candidates with
     the ranker's features (persisted into ``keep``).
@@ -415,6 +448,9 @@ def candidates_at(
         categories: ``product_id, category``.
         popular: :func:`popularity` at ``end`` when the caller has it already.
         days: :func:`purchase_days` before ``end`` when the caller has them already.
+        neighbours: :func:`item_neighbours` (``item, neighbour, similarity``) of at least the
+            products the customers bought, when the caller has them: a served version's
+            (see :func:`neighbours_at`).
     """
     who = customers.select(S.CUSTOMER_ID)
     if days is None:
@@ -424,21 +460,10 @@ def candidates_at(
     # What they bought: the repeat generator's products are exactly those (no second read of
     # the transactions).
     bought = mine.select(S.CUSTOMER_ID, S.PRODUCT_ID)
-    # Only the neighbours of products these customers bought are read (fewer pairs to count
-    # when serving a few customers).
-    neighbours = persist(
-        item_neighbours(
-            days,
-            end=end,
-            lookback_days=cfg.knn_lookback_days,
-            neighbours=cfg.knn_neighbours,
-            recent_products=cfg.knn_recent_products,
-            weighting=cfg.knn_weighting,
-            items=mine.select(S.PRODUCT_ID).distinct(),
-            keep=keep,
-        ),
-        keep,
-    )
+    if neighbours is None:
+        # Only the neighbours of products these customers bought are counted.
+        items = mine.select(S.PRODUCT_ID).distinct()
+        neighbours = neighbours_at(days, end=end, cfg=cfg, items=items, keep=keep)
     if popular is None:
         popular = persist(
             popularity(transactions, end=end, days=cfg.popular_days, min_country_products=cfg.k),

@@ -194,6 +194,8 @@ def serve(
     cfg: RecommendSettings,
     categories: DataFrame,
     keep: list[DataFrame],
+    neighbours: DataFrame | None = None,
+    days: DataFrame | None = None,
 ) -> DataFrame:
     """Both lists for every customer from a registered two-stage recommender, each filled from
     the popularity ranking to exactly ``k`` rows.
@@ -210,6 +212,11 @@ def serve(
         half_life: The repeat generator's half-life the model was tuned with (days).
         categories: ``product_id, category``.
         keep: Persisted frames are added to it; the caller unpersists them after its action.
+        neighbours: Item-kNN's neighbours the version serves with (see
+            :func:`~retailml.stages.recommend.ranker.neighbours_at`); None: those of the
+            customers' products at ``as_of``.
+        days: :func:`~retailml.stages.recommend.generators.purchase_days` before ``as_of``
+            when the caller has them.
 
     Returns:
         ``customer_id, list, rank, product_id, score, source``: ``k`` rows per customer and
@@ -227,6 +234,8 @@ def serve(
         cfg=cfg,
         categories=categories,
         keep=keep,
+        neighbours=neighbours,
+        days=days,
     )
     lists = []
     # The generators' popularity ranking and bought pairs (everything before as_of) serve the
