@@ -421,6 +421,10 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
             "recommend.alphas": [5.0],
             "recommend.max_iter": 5,
             "recommend.ranker_trees": 10,
+            # One training window (about 28 s a window here, and this trains twice): the
+            # windows' loop is run by test_run_tunes_on_a_sample_of_customers_above_the_setting,
+            # with the default three.
+            "recommend.ranker_windows": 1,
         },
     )
     lake = write_silver(settings, spark, two_taste_history())
