@@ -139,7 +139,7 @@ def test_run_end_to_end_on_generated_data(
     monkeypatch.setenv("RETAILML_RECOMMEND_RANKS", "[8]")
     monkeypatch.setenv("RETAILML_RECOMMEND_REG_PARAMS", "[0.1]")
     monkeypatch.setenv("RETAILML_RECOMMEND_ALPHAS", "[10]")
-    # One training window for the rankers: their windows' loop is tested in
+    # One training window for the rankers: their windows' loop is run (with three) in
     # tests/stages/test_recommend.py.
     monkeypatch.setenv("RETAILML_RECOMMEND_RANKER_WINDOWS", "1")
     result = CliRunner().invoke(cli, ["run"])

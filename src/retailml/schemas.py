@@ -250,9 +250,12 @@ RECOMMENDATIONS = _fields(
     (COMPUTED_AS_OF, DateType(), True),
 )
 
-# Item-kNN's neighbours of every product, as a served recommender version computed them.
+# Item-kNN's neighbours of every product, as a served recommender version computed them
+# (``model_run``: the MLflow run that logged the version, which names it uniquely: version
+# numbers start again at 1 for another model name or a new registry).
 SIMILAR_PRODUCT_ID = "similar_product_id"
 SIMILARITY = "similarity"
+MODEL_RUN = "model_run"
 
 SIMILAR_PRODUCTS = _fields(
     (PRODUCT_ID, StringType(), False),
@@ -260,6 +263,7 @@ SIMILAR_PRODUCTS = _fields(
     (SIMILAR_PRODUCT_ID, StringType(), False),
     (SIMILARITY, DoubleType(), False),
     (MODEL_VERSION, StringType(), False),
+    (MODEL_RUN, StringType(), False),
     (AS_OF_DATE, DateType(), False),
 )
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterator
@@ -481,16 +482,29 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     similar = lake.read("gold.similar_products")
     assert similar.columns == S.SIMILAR_PRODUCTS.fieldNames()
     days = recommend.purchase_days(lake.read("silver.transactions"), end=date(2011, 4, 1))
-    expected = recommend.neighbours_at(days, end=date(2011, 4, 1), cfg=settings.recommend, keep=[])
-    ordered = sorted(expected.collect(), key=lambda r: (r.item, -r.similarity, r.neighbour))
-    ranks = [sum(1 for e in ordered[: i + 1] if e.item == r.item) for i, r in enumerate(ordered)]
-    assert ordered and sorted(
-        (r.product_id, r.rank, r.similar_product_id, r.similarity, r.model_version, r.as_of_date)
-        for r in similar.collect()
-    ) == [
-        (r.item, rank, r.neighbour, r.similarity, first.model_version, date(2011, 4, 1))
-        for r, rank in zip(ordered, ranks, strict=True)
-    ]
+    cached: list[DataFrame] = []
+    expected = recommend.neighbours_at(
+        days, end=date(2011, 4, 1), cfg=settings.recommend, keep=cached
+    ).collect()
+    for df in cached:
+        df.unpersist()
+    name = settings.recommend.model_name
+    run = tracking.configure(settings).get_model_version(name, first.model_version).run_id
+    stored_rows = similar.collect()
+    assert {(r.model_version, r.model_run, r.as_of_date) for r in stored_rows} == {
+        (first.model_version, run, date(2011, 4, 1))
+    }
+    assert expected and sorted(
+        (r.product_id, r.similar_product_id, round(r.similarity, 9)) for r in stored_rows
+    ) == sorted((r.item, r.neighbour, round(r.similarity, 9)) for r in expected)
+    # Ranked 1.. per product, the most similar first.
+    by_product: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in stored_rows:
+        by_product[r.product_id].append((r.rank, r.similarity))
+    for ranked in by_product.values():
+        ranked.sort()
+        assert [rank for rank, _ in ranked] == list(range(1, len(ranked) + 1))
+        assert all(a[1] >= b[1] for a, b in itertools.pairwise(ranked))
     stored = lake.version("gold.similar_products")
 
     client = tracking.configure(settings)

@@ -78,9 +78,10 @@ The write replaces the as-of date's rows of ``gold.recommendations`` (idempotent
 
 **Similar products.** A version's first serve computes item-kNN's neighbours of every product
 at its as-of date and stores them in ``gold.similar_products`` under the version (ranked per
-product: "bought together"); every later serve of that version reads them back instead of
-counting co-purchases again. Like the ALS factors, they are part of the version until a
-retrained one replaces it.
+product: "bought together"; found by the MLflow run that logged the version); every later
+serve of that version reads them back instead of counting co-purchases again. Like the ALS
+factors, they are part of the version until a retrained one replaces it: a product first sold
+since then gets item-kNN candidates only from a newer version.
 
 **Retrain on need.** A run whose inputs are unchanged does nothing (``ops.lineage``). When they
 changed, the recommender is tuned and trained again only if asked (``workflow.retrain``), if
@@ -88,7 +89,7 @@ there is no two-stage champion, if the recommend settings changed, or if the cha
 than ``workflow.max_champion_age_days``; otherwise the champion serves both lists at the new
 as-of date as it is (its ALS factors, item neighbours and rankers; the customers' own
 purchases and the popularity ranking are read at the new date, so new customers still get
-repeat, item-kNN and popularity candidates), to the
+repeat, item-kNN and popularity candidates, and new products popularity ones), to the
 customers whose lists are due; the others keep theirs (``publish.carry_forward``).
 """
 

@@ -97,7 +97,7 @@ def champion_model(
 def write_lists(
     lake: Lakehouse,
     serving: PipelineModel,
-    version: str,
+    version: ModelVersion,
     half_life: float,
     inputs: Inputs,
     *,
@@ -110,9 +110,11 @@ def write_lists(
     date's rows of ``gold.recommendations``; the rows written per list and source.
 
     Item-kNN serves with the version's own neighbours (:func:`similar_products`): a version's
-    first serve computes every product's at its as-of date and stores them in
-    ``gold.similar_products``, and every later serve of that version reads them back — like
-    its ALS factors, they are part of the model until it is retrained."""
+    first serve computes every product's at its as-of date (with the ``recommend.knn_*``
+    settings then) and stores them in ``gold.similar_products``, and every later serve of that
+    version reads them back — like its ALS factors, they are part of the model until a
+    retrained version replaces it. A version whose first serve found no co-purchases stores
+    none and computes them again at its next serve."""
     as_of = inputs.as_of
     customers = inputs.customers
     if carried is not None:
@@ -122,7 +124,7 @@ def write_lists(
         days = persist(purchase_days(inputs.transactions, end=as_of), keep)
         neighbours = neighbours_at(days, end=as_of, cfg=cfg, keep=keep)
         stored = similar_rows(neighbours, version=version, as_of=as_of)
-        lake.replace_where("gold.similar_products", stored, f"{S.MODEL_VERSION} = '{version}'")
+        lake.replace_where("gold.similar_products", stored, _of_run(version))
         lake.add_constraints("gold.similar_products", SIMILAR_CONSTRAINTS)
     recommendations = serve(
         serving,
@@ -136,7 +138,9 @@ def write_lists(
         neighbours=neighbours,
         days=days,
     )
-    rows = gold_rows(recommendations, inputs.products, as_of=as_of, model_version=version)
+    rows = gold_rows(
+        recommendations, inputs.products, as_of=as_of, model_version=str(version.version)
+    )
     if carried is not None:
         rows = rows.unionByName(carried.rows)
     lake.replace_where("gold.recommendations", rows, f"{S.AS_OF_DATE} = '{as_of.isoformat()}'")
@@ -144,12 +148,19 @@ def write_lists(
     return rows_by_source(lake, as_of)
 
 
-def similar_products(lake: Lakehouse, version: str) -> DataFrame | None:
+def _of_run(version: ModelVersion) -> str:
+    """The SQL condition selecting ``version``'s rows of ``gold.similar_products``."""
+    run = str(version.run_id).replace("'", "''")
+    return f"{S.MODEL_RUN} = '{run}'"
+
+
+def similar_products(lake: Lakehouse, version: ModelVersion) -> DataFrame | None:
     """The neighbours ``version`` serves with, as item-kNN reads them (``item, neighbour,
-    similarity``), or None when ``gold.similar_products`` holds none of that version."""
+    similarity``), or None when ``gold.similar_products`` holds none of it (found by the run
+    that logged it: version numbers repeat across model names and registries)."""
     if not lake.exists("gold.similar_products"):
         return None
-    rows = lake.read("gold.similar_products").where(F.col(S.MODEL_VERSION) == F.lit(version))
+    rows = lake.read("gold.similar_products").where(_of_run(version))
     if not rows.limit(1).count():
         return None
     return rows.select(
@@ -159,7 +170,7 @@ def similar_products(lake: Lakehouse, version: str) -> DataFrame | None:
     )
 
 
-def similar_rows(neighbours: DataFrame, *, version: str, as_of: date) -> DataFrame:
+def similar_rows(neighbours: DataFrame, *, version: ModelVersion, as_of: date) -> DataFrame:
     """``neighbours`` (``item, neighbour, similarity``) as ``gold.similar_products`` rows:
     ranked 1.. per product by similarity (neighbour id on ties, as item-kNN keeps them)."""
     order = Window.partitionBy(ITEM).orderBy(F.col(SIMILARITY).desc(), NEIGHBOUR)
@@ -168,7 +179,8 @@ def similar_rows(neighbours: DataFrame, *, version: str, as_of: date) -> DataFra
         F.row_number().over(order).cast("int").alias(S.RANK),
         F.col(NEIGHBOUR).alias(S.SIMILAR_PRODUCT_ID),
         F.col(SIMILARITY),
-        F.lit(version).alias(S.MODEL_VERSION),
+        F.lit(str(version.version)).alias(S.MODEL_VERSION),
+        F.lit(str(version.run_id)).alias(S.MODEL_RUN),
         F.lit(as_of).cast("date").alias(S.AS_OF_DATE),
     )
 
@@ -324,7 +336,7 @@ def serve_champion(
             lake, inputs, version, previous, refresh_days=cfg.refresh_days, keep=kept
         )
         by_source = write_lists(
-            lake, serving, version, half_life or 90.0, inputs, cfg=cfg, keep=kept, carried=carried
+            lake, serving, champion, half_life or 90.0, inputs, cfg=cfg, keep=kept, carried=carried
         )
     finally:
         for df in kept:

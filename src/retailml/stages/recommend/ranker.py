@@ -448,9 +448,9 @@ def candidates_at(
         categories: ``product_id, category``.
         popular: :func:`popularity` at ``end`` when the caller has it already.
         days: :func:`purchase_days` before ``end`` when the caller has them already.
-        neighbours: :func:`item_neighbours` (``item, neighbour, similarity``) of at least the
-            products the customers bought, when the caller has them: a served version's
-            (see :func:`neighbours_at`).
+        neighbours: :func:`item_neighbours` (``item, neighbour, similarity``) to use instead
+            of those at ``end``: a served version's, computed at its first serve (see
+            :func:`neighbours_at`); a product sold only since then has none.
     """
     who = customers.select(S.CUSTOMER_ID)
     if days is None:

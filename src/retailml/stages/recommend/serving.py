@@ -200,8 +200,9 @@ def serve(
     """Both lists for every customer from a registered two-stage recommender, each filled from
     the popularity ranking to exactly ``k`` rows.
 
-    The generators run at ``as_of`` on all history (ALS from the model), each list's ranker
-    orders its candidates, and :func:`recommend_customers` fills: ``for_you`` may hold products
+    The generators run at ``as_of`` on all history (ALS from the model; item-kNN from
+    ``neighbours`` when given, which may be of an earlier date), each list's ranker orders its
+    candidates, and :func:`recommend_customers` fills: ``for_you`` may hold products
     the customer bought, ``discover`` never does.
 
     Args:

@@ -443,7 +443,8 @@ def _serve(
         serving, version, tuned = champion_model(client, cfg, str(decision.champion_version))
         half_life = tuned or two.half_life
     started = time.monotonic()
-    by_source = write_lists(lake, serving, version, half_life, inputs, cfg=cfg, keep=keep)
+    registered = client.get_model_version(cfg.model_name, version)
+    by_source = write_lists(lake, serving, registered, half_life, inputs, cfg=cfg, keep=keep)
     mlflow.log_metric("write_seconds", time.monotonic() - started)
     return version, by_source
 
