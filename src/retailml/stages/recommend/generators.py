@@ -138,7 +138,8 @@ def item_neighbours(
         keep: When given, the customers' baskets (read more than once) are persisted into it.
 
     Returns:
-        ``item, neighbour, similarity`` with similarity > 0 (at most 1 for cosine).
+        ``item, neighbour, similarity, rank`` with similarity > 0 (at most 1 for cosine) and
+        ``rank`` 1.. per item, the most similar first (neighbour id on ties).
 
     Raises:
         ValueError: ``weighting`` is neither ``bm25`` nor ``cosine``.
@@ -184,9 +185,8 @@ def item_neighbours(
     best = Window.partitionBy(ITEM).orderBy(F.col(SIMILARITY).desc(), NEIGHBOUR)
     return (
         similarity.where(F.col(SIMILARITY) > 0)
-        .withColumn("_r", F.row_number().over(best))
-        .where(F.col("_r") <= neighbours)
-        .drop("_r")
+        .withColumn(S.RANK, F.row_number().over(best).cast("int"))
+        .where(F.col(S.RANK) <= neighbours)
     )
 
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.ml import PipelineModel
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from retailml import lineage
@@ -84,14 +84,13 @@ def read_inputs(lake: Lakehouse) -> Inputs:
 
 
 def champion_model(
-    client: MlflowClient, cfg: RecommendSettings, version: str
-) -> tuple[PipelineModel, str, float | None]:
-    """The champion loaded through its alias, its version, and the half-life it was tuned with
-    (None if not recorded)."""
+    cfg: RecommendSettings, champion: ModelVersion
+) -> tuple[PipelineModel, float | None]:
+    """The champion loaded through its alias, and the half-life it was tuned with (None if
+    not recorded)."""
     serving = mlflow.spark.load_model(f"models:/{cfg.model_name}@{registry.CHAMPION}")
-    tags = client.get_model_version(cfg.model_name, version).tags
-    tag = tags.get(f"{N.VERSION_PARAM_PREFIX}{N.HALF_LIFE_PARAM}")
-    return serving, version, None if tag is None else float(tag)
+    tag = champion.tags.get(f"{N.VERSION_PARAM_PREFIX}{N.HALF_LIFE_PARAM}")
+    return serving, None if tag is None else float(tag)
 
 
 def write_lists(
@@ -119,7 +118,7 @@ def write_lists(
     customers = inputs.customers
     if carried is not None:
         customers = customers.join(carried.fresh, S.CUSTOMER_ID, "left_semi")
-    neighbours, days = similar_products(lake, version), None
+    neighbours, days = similar_products(lake, version, keep=keep), None
     if neighbours is None:
         days = persist(purchase_days(inputs.transactions, end=as_of), keep)
         neighbours = neighbours_at(days, end=as_of, cfg=cfg, keep=keep)
@@ -154,31 +153,37 @@ def _of_run(version: ModelVersion) -> str:
     return f"{S.MODEL_RUN} = '{run}'"
 
 
-def similar_products(lake: Lakehouse, version: ModelVersion) -> DataFrame | None:
-    """The neighbours ``version`` serves with, as item-kNN reads them (``item, neighbour,
-    similarity``), or None when ``gold.similar_products`` holds none of it (found by the run
-    that logged it: version numbers repeat across model names and registries)."""
+def similar_products(
+    lake: Lakehouse, version: ModelVersion, *, keep: list[DataFrame]
+) -> DataFrame | None:
+    """The neighbours ``version`` serves with, as
+    :func:`~retailml.stages.recommend.generators.item_neighbours` returns them
+    (``item, neighbour, similarity, rank``; persisted into ``keep``), or None when
+    ``gold.similar_products`` holds none of it (found by the run that logged it: version
+    numbers repeat across model names and registries)."""
     if not lake.exists("gold.similar_products"):
         return None
     rows = lake.read("gold.similar_products").where(_of_run(version))
-    if not rows.limit(1).count():
-        return None
-    return rows.select(
-        F.col(S.PRODUCT_ID).alias(ITEM),
-        F.col(S.SIMILAR_PRODUCT_ID).alias(NEIGHBOUR),
-        F.col(S.SIMILARITY).alias(SIMILARITY),
+    found = persist(
+        rows.select(
+            F.col(S.PRODUCT_ID).alias(ITEM),
+            F.col(S.SIMILAR_PRODUCT_ID).alias(NEIGHBOUR),
+            SIMILARITY,
+            S.RANK,
+        ),
+        keep,
     )
+    return None if found.isEmpty() else found
 
 
 def similar_rows(neighbours: DataFrame, *, version: ModelVersion, as_of: date) -> DataFrame:
-    """``neighbours`` (``item, neighbour, similarity``) as ``gold.similar_products`` rows:
-    ranked 1.. per product by similarity (neighbour id on ties, as item-kNN keeps them)."""
-    order = Window.partitionBy(ITEM).orderBy(F.col(SIMILARITY).desc(), NEIGHBOUR)
+    """:func:`~retailml.stages.recommend.generators.item_neighbours`' rows (``item,
+    neighbour, similarity, rank``) as ``gold.similar_products`` rows of ``version``."""
     return neighbours.select(
         F.col(ITEM).alias(S.PRODUCT_ID),
-        F.row_number().over(order).cast("int").alias(S.RANK),
+        S.RANK,
         F.col(NEIGHBOUR).alias(S.SIMILAR_PRODUCT_ID),
-        F.col(SIMILARITY),
+        SIMILARITY,
         F.lit(str(version.version)).alias(S.MODEL_VERSION),
         F.lit(str(version.run_id)).alias(S.MODEL_RUN),
         F.lit(as_of).cast("date").alias(S.AS_OF_DATE),
@@ -317,7 +322,6 @@ class ServedResult:
 
 def serve_champion(
     lake: Lakehouse,
-    client: MlflowClient,
     inputs: Inputs,
     champion: ModelVersion,
     *,
@@ -329,7 +333,8 @@ def serve_champion(
     ALS factors, item neighbours, rankers and half-life, with the customers' purchases and the
     popularity ranking at the new date, for the customers whose lists are due
     (:func:`carry_forward`)."""
-    serving, version, half_life = champion_model(client, cfg, str(champion.version))
+    serving, half_life = champion_model(cfg, champion)
+    version = str(champion.version)
     kept: list[DataFrame] = []
     try:
         carried = carry_forward(

@@ -226,7 +226,7 @@ def recommend(
     reason, champion = retrain_reason(settings, client, now)
     if reason is None and champion is not None:
         return serve_champion(
-            lake, client, inputs, champion, cfg=cfg, started=started, previous=now.previous
+            lake, inputs, champion, cfg=cfg, started=started, previous=now.previous
         )
     tuned_mode, blocks = NEW if cfg.exclude_purchased else ALL, als_blocks(spark)
     # xgboost.spark logs every boosting round at INFO.
@@ -438,15 +438,16 @@ def _serve(
         The version that wrote the rows, and the rows per list and source.
     """
     if decision.promoted:
-        serving, version, half_life = model, decision.challenger_version, two.half_life
+        served = client.get_model_version(cfg.model_name, decision.challenger_version)
+        serving, half_life = model, two.half_life
     else:
-        serving, version, tuned = champion_model(client, cfg, str(decision.champion_version))
+        served = client.get_model_version(cfg.model_name, str(decision.champion_version))
+        serving, tuned = champion_model(cfg, served)
         half_life = tuned or two.half_life
     started = time.monotonic()
-    registered = client.get_model_version(cfg.model_name, version)
-    by_source = write_lists(lake, serving, registered, half_life, inputs, cfg=cfg, keep=keep)
+    by_source = write_lists(lake, serving, served, half_life, inputs, cfg=cfg, keep=keep)
     mlflow.log_metric("write_seconds", time.monotonic() - started)
-    return version, by_source
+    return str(served.version), by_source
 
 
 def _log_outcome(
