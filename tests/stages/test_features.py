@@ -380,6 +380,23 @@ def test_run_writes_splits_and_is_idempotent(tmp_path: Path, spark: SparkSession
         labels = [r[S.LABEL] for r in rows if r[S.SPLIT] == split]
         assert first.positive_rate[split] == pytest.approx(sum(labels) / len(labels))
     assert start < min(r[S.CUTOFF_DATE] for r in rows)
+    # Built once, written twice: a calibration cutoff that is also a training or the holdout
+    # cutoff has that split's rows.
+
+    def of(split: str, cutoff: date) -> list[tuple]:
+        return sorted(
+            tuple(v for k, v in r.asDict().items() if k != S.SPLIT)
+            for r in rows
+            if r[S.SPLIT] == split and r[S.CUTOFF_DATE] == cutoff
+        )
+
+    assert of(S.CALIBRATION, date(2010, 2, 1)) == of(S.TRAIN, date(2010, 2, 1)) != []
+    assert of(S.CALIBRATION, holdout) == of(S.HOLDOUT, holdout) != []
+    # The score rows are those of a call without labels.
+    alone = features.build_features(
+        lake.read("silver.transactions"), first.cutoffs[S.SCORE], horizon_days=10, label=False
+    )
+    assert sorted(alone.collect()) == sorted(r for r in rows if r[S.SPLIT] == S.SCORE)
 
     # Nothing changed: nothing is done; redone (--full), the same rows.
     assert isinstance(features.run(settings, spark), lineage.UpToDate)

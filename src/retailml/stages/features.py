@@ -466,26 +466,33 @@ def _build(lake: Lakehouse, settings: Settings) -> FeaturesResult:
             "or features.cutoff_spacing_days, or add older data"
         ) from None
 
-    labelled = {t: split for split in (S.TRAIN, S.HOLDOUT) for t in cutoffs[split]}
-    # Persist, so that the labelled and the score cutoffs share one pass over the transactions.
+    # Every distinct cutoff in one pass over the summaries, under its first split; a
+    # calibration cutoff that is also a training or the holdout cutoff (as when the data do not
+    # reach a year back) is built once and written under both splits.
+    split_of: dict[date, str] = {}
+    for split in (S.TRAIN, S.HOLDOUT, S.SCORE, S.CALIBRATION):
+        for t in cutoffs[split]:
+            split_of.setdefault(t, split)
+    shared = [t for t in cutoffs[S.CALIBRATION] if split_of[t] != S.CALIBRATION]
+    splits = F.array(F.col(S.SPLIT))
+    if shared:
+        splits = F.when(
+            F.col(S.CUTOFF_DATE).isin(shared), F.array(F.col(S.SPLIT), F.lit(S.CALIBRATION))
+        ).otherwise(splits)
     history = summarise_history(transactions).persist()
     try:
-        train_holdout = features_from_history(
-            history, list(labelled), horizon_days=f.horizon_days, split_of=labelled
+        # Labelled throughout: the score cutoff is the day after the last event, so its label
+        # window holds no event and only the label itself must be set to null.
+        built = features_from_history(
+            history, list(split_of), horizon_days=f.horizon_days, split_of=split_of
         )
-        score = features_from_history(
-            history, cutoffs[S.SCORE], horizon_days=f.horizon_days, label=False
-        )
-        # Its own call: a calibration cutoff can be a training or the holdout cutoff too.
-        calibration = features_from_history(
-            history,
-            cutoffs[S.CALIBRATION],
-            horizon_days=f.horizon_days,
-            split_of=dict.fromkeys(cutoffs[S.CALIBRATION], S.CALIBRATION),
-        )
+        unknown = F.when(F.col(S.SPLIT) == S.SCORE, F.lit(None).cast("int"))
+        columns = {
+            S.SPLIT: F.explode(splits).alias(S.SPLIT),
+            S.LABEL: unknown.otherwise(F.col(S.LABEL)).alias(S.LABEL),
+        }
         lake.overwrite(
-            "silver.customer_features",
-            train_holdout.unionByName(score).unionByName(calibration),
+            "silver.customer_features", built.select(*[columns.get(c, c) for c in built.columns])
         )
     finally:
         history.unpersist()
