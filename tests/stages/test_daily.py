@@ -3,6 +3,7 @@ quality gates, the constraints, and the PSI."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -131,3 +132,25 @@ def test_psi_is_zero_for_the_same_rows_and_large_for_a_shifted_batch(spark: Spar
     assert moved.worst() == ("x", moved.values["x"])
     assert moved.worst(ignore=["x"]) == ("y", 0.0)
     assert moved.worst(min_rows=5000) is None  # too few rows: noise, not drift
+
+
+def test_psi_equals_the_formula_over_the_reference_quantile_bins(spark: SparkSession) -> None:
+    base = spark.range(1000).selectExpr("CAST(id % 100 AS DOUBLE) AS x")
+    # A quarter missing (a bin of its own), the rest shifted up: some bins empty (EPSILON).
+    actual = spark.range(400).selectExpr("IF(id % 4 = 0, NULL, CAST(id % 50 + 60 AS DOUBLE)) AS x")
+    found = drift.psi(base, actual, ["x"])
+    edges = sorted(set(base.approxQuantile("x", [i / 10 for i in range(1, 10)], 0.001)))
+
+    def shares(values: list[float | None]) -> dict[int, float]:
+        bins = [-1 if v is None else sum(v > e for e in edges) for v in values]
+        return {b: bins.count(b) / len(bins) for b in set(bins)}
+
+    e = shares([r.x for r in base.collect()])
+    a = shares([r.x for r in actual.collect()])
+    expected = sum(
+        (pa - pe) * math.log(pa / pe)
+        for b in set(e) | set(a)
+        for pe, pa in [(max(e.get(b, 0.0), drift.EPSILON), max(a.get(b, 0.0), drift.EPSILON))]
+    )
+    assert found.values["x"] == pytest.approx(expected, rel=1e-12)
+    assert (found.expected_rows, found.actual_rows) == (1000, 400)

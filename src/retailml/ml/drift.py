@@ -32,8 +32,8 @@ def psi(expected: DataFrame, actual: DataFrame, columns: Sequence[str], *, bins:
     """The PSI of each numeric column of ``actual`` against ``expected``.
 
     Bin edges are ``expected``'s quantiles (``approxQuantile``, relative error 0.001), repeated
-    edges merged, so a column with few distinct values gets fewer bins. Two aggregations, one
-    per frame, each a few rows per column.
+    edges merged, so a column with few distinct values gets fewer bins. Two passes: the
+    quantiles of ``expected``, then one aggregation of both frames' bins (a few rows per column).
 
     Args:
         expected: The reference rows (for example the training cutoff's features).
@@ -52,19 +52,33 @@ def psi(expected: DataFrame, actual: DataFrame, columns: Sequence[str], *, bins:
     quantiles = expected.select(cast).approxQuantile(list(columns), probabilities, 0.001)
     edges = {c: sorted(set(q)) for c, q in zip(columns, quantiles, strict=True)}
 
-    def shares(df: DataFrame) -> tuple[dict[tuple[int, int], float], int]:
-        """Each (column, bin)'s share of the rows, and the rows; columns × bins rows collected."""
-        binned = df.select(F.array(*[_bin(F.col(c), edges[c]) for c in columns]).alias("b"))
-        rows = (
-            binned.select(F.posexplode("b").alias("i", "bin")).groupBy("i", "bin").count().collect()
+    # Both sides' bins in one aggregation: (side, column, bin) → rows, columns × bins × 2 rows
+    # collected.
+    def binned(df: DataFrame, side: int) -> DataFrame:
+        return df.select(
+            F.lit(side).alias("side"),
+            F.array(*[_bin(F.col(c), edges[c]) for c in columns]).alias("b"),
         )
+
+    counted = (
+        binned(expected, 0)
+        .unionByName(binned(actual, 1))
+        .select("side", F.posexplode("b").alias("i", "bin"))
+        .groupBy("side", "i", "bin")
+        .count()
+        .collect()
+    )
+
+    def shares(side: int) -> tuple[dict[tuple[int, int], float], int]:
+        """Each (column, bin)'s share of the side's rows, and the side's rows."""
+        rows = [r for r in counted if r["side"] == side]
         totals: dict[int, int] = {}
         for r in rows:
             totals[r["i"]] = totals.get(r["i"], 0) + int(r["count"])
         found = {(r["i"], r["bin"]): int(r["count"]) / totals[r["i"]] for r in rows}
         return found, totals.get(0, 0)
 
-    (e, expected_rows), (a, actual_rows) = shares(expected), shares(actual)
+    (e, expected_rows), (a, actual_rows) = shares(0), shares(1)
     result = {}
     for i, column in enumerate(columns):
         keys = {b for (j, b) in (*e, *a) if j == i}
