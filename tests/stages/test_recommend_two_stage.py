@@ -206,6 +206,7 @@ def test_candidate_features_worked_by_hand(spark: SparkSession) -> None:
             ("c1", "p2", "2011-03-31"),
             ("c2", "p2", "2011-03-30"),
             ("c2", "p3", "2010-04-05"),  # in the same window a year before (364 days)
+            ("c3", "p1", "2010-12-01"),  # another customer's, outside both share windows
         ],
     )
     candidates = spark.createDataFrame(
@@ -230,6 +231,16 @@ def test_candidate_features_worked_by_hand(spark: SparkSession) -> None:
     )
     features = ranker.candidate_features(candidates, facts, depth=20)
     assert features.columns == [S.CUSTOMER_ID, S.PRODUCT_ID, *ranker.FEATURES]
+    # What a serve of c1 alone keeps of the purchase days gives the same features.
+    who = candidates.select(S.CUSTOMER_ID).distinct()
+    fewer = ranker.facts_days(days, who, end=END, window_days=30)
+    assert sorted(fewer.collect()) == sorted(r for r in days.collect() if r.customer_id != "c3")
+    same = ranker.cutoff_facts(
+        fewer, who, end=END, window_days=30, popular=popular, categories=categories
+    )
+    assert sorted(ranker.candidate_features(candidates, same, depth=20).collect()) == sorted(
+        features.collect()
+    )
     got = {r.product_id: r for r in features.collect()}
     p1, p3 = got["p1"], got["p3"]
     assert (p1.purchase_days, p1.mean_gap, p1.days_since, p1.due) == (3, 10.0, 10, 1.0)

@@ -132,8 +132,8 @@ def cutoff_facts(
     """The customers' and the products' facts at the cutoff ``end``.
 
     Args:
-        days: :func:`purchase_days` before ``end`` (every customer's: the products' shares
-            count every buyer).
+        days: :func:`purchase_days` before ``end`` (every customer's in the share windows:
+            the products' shares count every buyer; :func:`facts_days` is enough).
         customers: ``customer_id`` of the customers whose candidates get features.
         window_days: The label window's length (the recent and seasonal shares use it too).
         popular: :func:`popularity` at ``end``.
@@ -150,25 +150,18 @@ def cutoff_facts(
             F.when(F.col(S.EVENT_DATE) >= F.lit(recent_start), F.col(S.EVENT_DATE))
         ).alias(CUSTOMER_RECENT_DAYS),
     )
-    per_product = (
-        _buyer_share(days, start=end - timedelta(days=window_days), end=end, name=RECENT_SHARE)
-        .join(
-            _buyer_share(
-                days,
-                start=end - timedelta(days=YEAR),
-                end=end - timedelta(days=YEAR - window_days),
-                name=SEASON_SHARE,
-            ),
-            S.PRODUCT_ID,
-            "full",
+    recent, season = (
+        _buyer_share(days, start=start, end=stop, name=name)
+        for name, (start, stop) in zip(
+            (RECENT_SHARE, SEASON_SHARE), share_windows(end, window_days), strict=True
         )
-        .join(
-            popular.where(F.col(S.COUNTRY).isNull()).select(
-                S.PRODUCT_ID, F.col(POSITION).alias(POPULARITY_RANK)
-            ),
-            S.PRODUCT_ID,
-            "full",
-        )
+    )
+    per_product = recent.join(season, S.PRODUCT_ID, "full").join(
+        popular.where(F.col(S.COUNTRY).isNull()).select(
+            S.PRODUCT_ID, F.col(POSITION).alias(POPULARITY_RANK)
+        ),
+        S.PRODUCT_ID,
+        "full",
     )
     facts = [_pair_facts(theirs, end=end), per_customer, per_product]
     facts.append(_category_share(theirs, categories))
@@ -247,6 +240,38 @@ def _pair_facts(days: DataFrame, *, end: date) -> DataFrame:
     )
     due = F.when(F.col(MEAN_GAP) > 0, F.col(DAYS_SINCE) / F.col(MEAN_GAP)).otherwise(F.lit(0.0))
     return facts.withColumn(DUE, due)
+
+
+def share_windows(end: date, window_days: int) -> tuple[tuple[date, date], tuple[date, date]]:
+    """The ``[start, end)`` windows of the products' buyer shares at the cutoff ``end``: the
+    last ``window_days`` (recent) and the same days a year earlier (season)."""
+    return (
+        (end - timedelta(days=window_days), end),
+        (end - timedelta(days=YEAR), end - timedelta(days=YEAR - window_days)),
+    )
+
+
+def facts_days(days: DataFrame, customers: DataFrame, *, end: date, window_days: int) -> DataFrame:
+    """The rows :func:`cutoff_facts` and the repeat generator read for ``customers``: all of
+    theirs, and every customer's in the share windows (:func:`share_windows`). Serving a few
+    customers need not keep everyone's history.
+
+    Args:
+        days: :func:`purchase_days`, or the transactions they are made of (filtered before
+            their distinct, so it shuffles only these rows).
+        customers: ``customer_id`` (one row each; broadcast).
+    """
+    mine = customers.select(S.CUSTOMER_ID, F.lit(True).alias("_theirs"))
+    in_window = F.lit(False)
+    for start, stop in share_windows(end, window_days):
+        in_window = in_window | (
+            (F.col(S.EVENT_DATE) >= F.lit(start)) & (F.col(S.EVENT_DATE) < F.lit(stop))
+        )
+    return (
+        days.join(F.broadcast(mine), S.CUSTOMER_ID, "left")
+        .where(F.col("_theirs").isNotNull() | in_window)
+        .drop("_theirs")
+    )
 
 
 def _buyer_share(days: DataFrame, *, start: date, end: date, name: str) -> DataFrame:
@@ -454,7 +479,11 @@ def candidates_at(
     """
     who = customers.select(S.CUSTOMER_ID)
     if days is None:
-        days = persist(purchase_days(transactions, end=end), keep)
+        lines = transactions
+        if neighbours is not None:
+            # No neighbours to count: only the lines the facts and the repeat generator read.
+            lines = facts_days(transactions, who, end=end, window_days=cfg.eval_days)
+        days = persist(purchase_days(lines, end=end), keep)
     repeats = repeat(days, end=end, half_life=half_life)
     mine = persist(repeats.join(who, S.CUSTOMER_ID, "left_semi"), keep)
     # What they bought: the repeat generator's products are exactly those (no second read of
