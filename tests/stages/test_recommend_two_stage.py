@@ -206,7 +206,6 @@ def test_candidate_features_worked_by_hand(spark: SparkSession) -> None:
             ("c1", "p2", "2011-03-31"),
             ("c2", "p2", "2011-03-30"),
             ("c2", "p3", "2010-04-05"),  # in the same window a year before (364 days)
-            ("c3", "p1", "2010-12-01"),  # another customer's, outside both share windows
         ],
     )
     candidates = spark.createDataFrame(
@@ -231,16 +230,6 @@ def test_candidate_features_worked_by_hand(spark: SparkSession) -> None:
     )
     features = ranker.candidate_features(candidates, facts, depth=20)
     assert features.columns == [S.CUSTOMER_ID, S.PRODUCT_ID, *ranker.FEATURES]
-    # What a serve of c1 alone keeps of the purchase days gives the same features.
-    who = candidates.select(S.CUSTOMER_ID).distinct()
-    fewer = ranker.facts_days(days, who, end=END, window_days=30)
-    assert sorted(fewer.collect()) == sorted(r for r in days.collect() if r.customer_id != "c3")
-    same = ranker.cutoff_facts(
-        fewer, who, end=END, window_days=30, popular=popular, categories=categories
-    )
-    assert sorted(ranker.candidate_features(candidates, same, depth=20).collect()) == sorted(
-        features.collect()
-    )
     got = {r.product_id: r for r in features.collect()}
     p1, p3 = got["p1"], got["p3"]
     assert (p1.purchase_days, p1.mean_gap, p1.days_since, p1.due) == (3, 10.0, 10, 1.0)
@@ -254,6 +243,60 @@ def test_candidate_features_worked_by_hand(spark: SparkSession) -> None:
     assert (p3.recent_share, p3.season_share, p3.popularity_rank) == (0.0, 1.0, 1_000_000.0)
     # c1's purchase days: four in "mugs", none elsewhere; p3 has no category.
     assert (p1.category_share, p3.category_share) == (1.0, 0.0)
+
+
+def test_facts_days_keep_the_served_customers_lines_and_everyones_in_the_share_windows(
+    spark: SparkSession,
+) -> None:
+    # Share windows at END with 30 days: recent [2011-03-02, 2011-04-01), season
+    # [2010-04-02, 2010-05-02).
+    days = days_frame(
+        spark,
+        [
+            ("c1", "p1", "2011-03-22"),
+            ("c1", "p4", "2010-12-15"),  # the served customer's, outside both windows: kept
+            ("c2", "p1", "2011-03-01"),  # the day before the recent window: dropped
+            ("c2", "p1", "2011-03-02"),  # its first day: kept
+            ("c2", "p2", "2011-03-31"),  # its last day: kept
+            ("c2", "p4", "2010-04-01"),  # the day before the season window: dropped
+            ("c2", "p4", "2010-04-02"),  # its first day: kept
+            ("c3", "p1", "2010-05-01"),  # its last day: kept
+            ("c3", "p2", "2010-05-02"),  # the day after: dropped
+            ("c3", "p2", "2010-12-01"),  # outside both: dropped
+        ],
+    )
+    who = spark.createDataFrame([("c1",)], "customer_id string")
+    fewer = ranker.facts_days(days, who, end=END, window_days=30)
+    dropped = {
+        ("c2", "2011-03-01"),
+        ("c2", "2010-04-01"),
+        ("c3", "2010-05-02"),
+        ("c3", "2010-12-01"),
+    }
+    assert sorted(fewer.collect()) == sorted(
+        r for r in days.collect() if (r.customer_id, r.event_date.isoformat()) not in dropped
+    )
+    # c1's candidates get the same features from either.
+    candidates = spark.createDataFrame(
+        [("c1", p, 1.0, 1) for p in ("p1", "p2", "p4")],
+        f"customer_id string, product_id string, {score_column('repeat')} double, "
+        f"{rank_column('repeat')} int",
+    )
+    popular = spark.createDataFrame(
+        [(None, "p1", 1, 2, 1.0), (None, "p2", 2, 1, 0.5)],
+        "country string, product_id string, position int, buyers long, score double",
+    )
+    categories = spark.createDataFrame(
+        [("p1", "mugs"), ("p2", "mugs"), ("p4", "tins")], "product_id string, category string"
+    )
+
+    def features(rows: DataFrame) -> list:
+        facts = ranker.cutoff_facts(
+            rows, who, end=END, window_days=30, popular=popular, categories=categories
+        )
+        return sorted(ranker.candidate_features(candidates, facts, depth=20).collect())
+
+    assert features(fewer) == features(days)
 
 
 def test_ranked_candidates_name_the_generator_that_ranked_them_highest(

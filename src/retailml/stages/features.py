@@ -474,6 +474,8 @@ def _build(lake: Lakehouse, settings: Settings) -> FeaturesResult:
         for t in cutoffs[split]:
             split_of.setdefault(t, split)
     shared = [t for t in cutoffs[S.CALIBRATION] if split_of[t] != S.CALIBRATION]
+    # The score copy's label is set to null below: a shared score cutoff would lose its label.
+    assert S.SCORE not in (split_of[t] for t in shared), cutoffs
     splits = F.array(F.col(S.SPLIT))
     if shared:
         splits = F.when(
@@ -481,8 +483,9 @@ def _build(lake: Lakehouse, settings: Settings) -> FeaturesResult:
         ).otherwise(splits)
     history = summarise_history(transactions).persist()
     try:
-        # Labelled throughout: the score cutoff is the day after the last event, so its label
-        # window holds no event and only the label itself must be set to null.
+        # Labelled throughout: features read only events before their cutoff and only the
+        # label sees its window, so the score cutoff's rows are those of an unlabelled call
+        # once its label is set to null.
         built = features_from_history(
             history, list(split_of), horizon_days=f.horizon_days, split_of=split_of
         )

@@ -132,8 +132,9 @@ def cutoff_facts(
     """The customers' and the products' facts at the cutoff ``end``.
 
     Args:
-        days: :func:`purchase_days` before ``end`` (every customer's in the share windows:
-            the products' shares count every buyer; :func:`facts_days` is enough).
+        days: :func:`purchase_days` before ``end``: all of ``customers``' and every
+            customer's in the share windows (the products' shares count every buyer), as
+            :func:`facts_days` keeps them.
         customers: ``customer_id`` of the customers whose candidates get features.
         window_days: The label window's length (the recent and seasonal shares use it too).
         popular: :func:`popularity` at ``end``.
@@ -259,7 +260,8 @@ def facts_days(days: DataFrame, customers: DataFrame, *, end: date, window_days:
     Args:
         days: :func:`purchase_days`, or the transactions they are made of (filtered before
             their distinct, so it shuffles only these rows).
-        customers: ``customer_id`` (one row each; broadcast).
+        customers: ``customer_id``, one row each (a repeated id would repeat its rows);
+            broadcast.
     """
     mine = customers.select(S.CUSTOMER_ID, F.lit(True).alias("_theirs"))
     in_window = F.lit(False)
