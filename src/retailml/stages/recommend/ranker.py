@@ -243,6 +243,11 @@ def _pair_facts(days: DataFrame, *, end: date) -> DataFrame:
     return facts.withColumn(DUE, due)
 
 
+def _within(start: date, end: date) -> Column:
+    """The event date lies in ``[start, end)``."""
+    return (F.col(S.EVENT_DATE) >= F.lit(start)) & (F.col(S.EVENT_DATE) < F.lit(end))
+
+
 def share_windows(end: date, window_days: int) -> tuple[tuple[date, date], tuple[date, date]]:
     """The ``[start, end)`` windows of the products' buyer shares at the cutoff ``end``: the
     last ``window_days`` (recent) and the same days a year earlier (season)."""
@@ -266,9 +271,7 @@ def facts_days(days: DataFrame, customers: DataFrame, *, end: date, window_days:
     mine = customers.select(S.CUSTOMER_ID, F.lit(True).alias("_theirs"))
     in_window = F.lit(False)
     for start, stop in share_windows(end, window_days):
-        in_window = in_window | (
-            (F.col(S.EVENT_DATE) >= F.lit(start)) & (F.col(S.EVENT_DATE) < F.lit(stop))
-        )
+        in_window = in_window | _within(start, stop)
     return (
         days.join(F.broadcast(mine), S.CUSTOMER_ID, "left")
         .where(F.col("_theirs").isNotNull() | in_window)
@@ -279,7 +282,7 @@ def facts_days(days: DataFrame, customers: DataFrame, *, end: date, window_days:
 def _buyer_share(days: DataFrame, *, start: date, end: date, name: str) -> DataFrame:
     """``product_id, name``: the share of the customers buying in ``[start, end)`` who bought
     the product (no rows when nobody bought then)."""
-    window = days.where((F.col(S.EVENT_DATE) >= F.lit(start)) & (F.col(S.EVENT_DATE) < F.lit(end)))
+    window = days.where(_within(start, end))
     total = window.agg(F.countDistinct(S.CUSTOMER_ID).alias("_total"))
     return (
         window.groupBy(S.PRODUCT_ID)
