@@ -180,6 +180,74 @@ def test_popularity_ranking(popular: DataFrame) -> None:
     assert ("UK", 1) in ranking and ranking[(None, 8)][1] == 0.0
 
 
+def test_popularity_counts_distinct_buyers_as_defined(spark: SparkSession) -> None:
+    """The ranking equals its definition worked in Python over the cleaned lines: guests
+    (a buyer per invoice), buyers in two countries or with no country, a product bought both
+    before and inside the recent window, lines on or after ``end``, other event types."""
+    import random
+
+    rng = random.Random(7)
+    rows: list[Row] = []
+    for n in range(400):
+        customer = rng.choice([*(f"u{i}" for i in range(9)), None])
+        rows.append(
+            (
+                f"i{n // 2}",
+                customer,
+                f"p{rng.randrange(7)}",
+                rng.choice([1, 1, 1, 2]),
+                (date(2011, 1, 1) + timedelta(days=rng.randrange(80))).isoformat(),
+                rng.choice(["purchase"] * 5 + ["view"]),
+                rng.choice(["UK", "UK", "FR", "DE", None]),
+            )
+        )
+    end, start, least = date(2011, 3, 10), date(2011, 2, 8), 4
+    transactions = silver(spark, rows)
+    got = {
+        (r.country, r.position): (r.product_id, r.buyers, round(r.score, 12))
+        for r in recommend.popularity(
+            transactions, end=end, days=30, min_country_products=least
+        ).collect()
+    }
+
+    lines = [
+        r
+        for r in transactions.collect()
+        if r.line_kind == S.PRODUCT_LINE and r.event_type == "purchase" and r.event_date < end
+    ]
+
+    def buyer(r: Any) -> str:
+        return r.customer_id or f"guest:{r.invoice_id or r.transaction_id}"
+
+    def ranked(buyers: dict[str, set[str]], tie: dict[str, set[str]], total: int) -> list[Any]:
+        order = sorted(buyers, key=lambda p: (-len(buyers[p]), -len(tie.get(p, ())), p))
+        return [(p, len(buyers[p]), round(len(buyers[p]) / total if total else 0.0, 12))
+                for p in order]  # fmt: skip
+
+    recent = [r for r in lines if r.event_date >= start]
+    every: dict[str, set[str]] = defaultdict(set)
+    now: dict[str, set[str]] = defaultdict(set)
+    for r in lines:
+        every[r.product_id].add(buyer(r))
+        now[r.product_id]  # every product bought before end is ranked
+    for r in recent:
+        now[r.product_id].add(buyer(r))
+    expected = {
+        (None, i + 1): row
+        for i, row in enumerate(ranked(now, every, len({buyer(r) for r in recent})))
+    }
+    for country in {r.country for r in recent} - {None}:
+        mine = [r for r in recent if r.country == country]
+        theirs: dict[str, set[str]] = defaultdict(set)
+        for r in mine:
+            theirs[r.product_id].add(buyer(r))
+        if len(theirs) >= least:
+            rows_ = ranked(theirs, {}, len({buyer(r) for r in mine}))
+            expected |= {(country, i + 1): row for i, row in enumerate(rows_)}
+    assert len({c for c, _ in expected}) >= 3  # the global ranking and two countries at least
+    assert got == expected
+
+
 def test_lines_that_are_not_products_are_never_recommended_nor_popular(
     spark: SparkSession,
 ) -> None:
