@@ -248,6 +248,24 @@ def test_popularity_counts_distinct_buyers_as_defined(spark: SparkSession) -> No
     assert got == expected
 
 
+def test_popularity_without_a_recent_buyer_ranks_by_all_time_buyers(spark: SparkSession) -> None:
+    """A shop with no sale in the recent window (a seasonal gap): every share is 0 (not a
+    division by zero), the global ranking falls back on all-time buyers, no country ranks."""
+    rows: list[Row] = [
+        (f"i{b}-{p}", f"u{b}", p, 1, "2010-06-01", "purchase", "UK")
+        for p, buyers in {"p1": 3, "p2": 1, "p3": 2}.items()
+        for b in range(buyers)
+    ]
+    ranking = recommend.popularity(
+        silver(spark, rows), end=date(2011, 3, 10), days=30, min_country_products=1
+    ).collect()
+    assert sorted((r.country, r.position, r.product_id, r.buyers, r.score) for r in ranking) == [
+        (None, 1, "p1", 0, 0.0),
+        (None, 2, "p3", 0, 0.0),
+        (None, 3, "p2", 0, 0.0),
+    ]
+
+
 def test_lines_that_are_not_products_are_never_recommended_nor_popular(
     spark: SparkSession,
 ) -> None:

@@ -87,7 +87,7 @@ def interactions(transactions: DataFrame) -> DataFrame:
         F.sum(F.when(purchase, F.col(S.QUANTITY))).alias(_BOUGHT_UNITS),
         F.sum(S.QUANTITY).alias(NET_QUANTITY),
     )
-    kept = F.greatest(F.lit(0.0), F.least(F.lit(1.0), F.col(NET_QUANTITY) / F.col(_BOUGHT_UNITS)))
+    kept = F.greatest(F.lit(0.0), F.least(F.lit(1.0), F.try_divide(NET_QUANTITY, _BOUGHT_UNITS)))
     rating = F.log1p(F.col(PURCHASES) * kept)
     return (
         per_pair.withColumn(RATING, rating)
@@ -184,7 +184,9 @@ def popularity(
             S.PRODUCT_ID,
             BUYERS,
             _TIE,
-            F.coalesce(F.col(BUYERS) / F.col("_total"), F.lit(0.0)).alias(S.SCORE_VALUE),
+            # No recent buyer at all (a seasonal gap): every share is 0. Spark's ANSI mode (on
+            # by default) raises on a division by zero where it used to give null.
+            F.coalesce(F.try_divide(BUYERS, "_total"), F.lit(0.0)).alias(S.SCORE_VALUE),
         )
     )
     in_country = recent.where(F.col(S.COUNTRY).isNotNull())
