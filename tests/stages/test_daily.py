@@ -158,18 +158,24 @@ def test_psi_equals_the_formula_over_the_reference_quantile_bins(spark: SparkSes
 
 def test_psi_does_not_depend_on_how_the_reference_rows_are_laid_out(spark: SparkSession) -> None:
     """The same reference rows in other partitions and orders give the same bin edges, so the
-    same PSI: a drift decision never flips on a rewrite of the same features."""
-    base = spark.range(30_000).selectExpr(
+    same PSI: a drift decision never flips on a rewrite of the same features. More than the
+    sketch's 50,000-row buffer, so the order within one partition matters too."""
+    generated = spark.range(60_000).selectExpr(
         "EXP(3 + 1.5 * RANDN(11)) AS x",  # many distinct values: where the sketch's error shows
         "CAST(FLOOR(RAND(12) * 400) AS DOUBLE) AS y",
     )
-    base = spark.createDataFrame(base.collect(), base.schema)  # fixed values, one layout
-    actual = base.limit(5_000).selectExpr("x * 1.1 AS x", "y + 5 AS y")
+    rows = generated.collect()
+    base = spark.createDataFrame(rows, generated.schema)  # fixed values
+    actual = spark.createDataFrame(
+        [(r.x * 1.1, r.y + 5) for r in rows[:5_000]], "x double, y double"
+    )
     layouts = [
         base,
         base.repartition(4),
         base.repartition(3, "y").orderBy(F.rand(1)),
         base.orderBy(F.desc("x")).coalesce(2),
+        base.orderBy("x").coalesce(1),
+        base.orderBy(F.desc("x")).coalesce(1),
     ]
     found = {tuple(sorted(drift.psi(e, actual, ["x", "y"]).values.items())) for e in layouts}
     assert len(found) == 1, found

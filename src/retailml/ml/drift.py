@@ -31,10 +31,11 @@ _NULL_BIN = -1
 def psi(expected: DataFrame, actual: DataFrame, columns: Sequence[str], *, bins: int = 10) -> Drift:
     """The PSI of each numeric column of ``actual`` against ``expected``.
 
-    Bin edges are ``expected``'s quantiles (``approxQuantile``, relative error 0.001, over the
-    rows in a fixed order, so the same rows give the same edges however they are stored),
-    repeated edges merged, so a column with few distinct values gets fewer bins. Two passes: the
-    quantiles of ``expected``, then one aggregation of both frames' bins (a few rows per column).
+    Bin edges are ``expected``'s quantiles (``approxQuantile``, relative error 0.001), repeated
+    edges merged, so a column with few distinct values gets fewer bins. The quantiles are taken
+    over its rows in one partition in a fixed order, so the same rows give the same edges
+    however they are stored. Two passes: the quantiles of ``expected``, then one aggregation of
+    both frames' bins (a few rows per column).
 
     Args:
         expected: The reference rows (for example the training cutoff's features).
@@ -50,9 +51,10 @@ def psi(expected: DataFrame, actual: DataFrame, columns: Sequence[str], *, bins:
         return Drift({}, 0, 0)
     probabilities = [i / bins for i in range(1, bins)]
     cast = [F.col(c).cast("double").alias(c) for c in columns]
-    # The quantile sketch depends on the order it meets the rows in: the same rows in other
+    # The quantile sketch depends on how the rows are split into partitions (their summaries
+    # are merged) and, past its 50,000-row buffer, on their order: the same rows in other
     # files gave other edges (PSI moved in the 4th digit). In one partition, sorted by every
-    # column, the order is the rows' own.
+    # column, both are the rows' own.
     ordered = expected.select(cast).repartition(1).sortWithinPartitions(*columns)
     quantiles = ordered.approxQuantile(list(columns), probabilities, 0.001)
     edges = {c: sorted(set(q)) for c, q in zip(columns, quantiles, strict=True)}
