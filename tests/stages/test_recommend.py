@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import random
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -184,8 +185,6 @@ def test_popularity_counts_distinct_buyers_as_defined(spark: SparkSession) -> No
     """The ranking equals its definition worked in Python over the cleaned lines: guests
     (a buyer per invoice), buyers in two countries or with no country, a product bought both
     before and inside the recent window, lines on or after ``end``, other event types."""
-    import random
-
     rng = random.Random(7)
     rows: list[Row] = []
     for n in range(400):
@@ -201,12 +200,13 @@ def test_popularity_counts_distinct_buyers_as_defined(spark: SparkSession) -> No
                 rng.choice(["UK", "UK", "FR", "DE", None]),
             )
         )
-    end, start, least = date(2011, 3, 10), date(2011, 2, 8), 4
+    end, days, least = date(2011, 3, 10), 30, 4
+    start = end - timedelta(days=days)
     transactions = silver(spark, rows)
     got = {
         (r.country, r.position): (r.product_id, r.buyers, round(r.score, 12))
         for r in recommend.popularity(
-            transactions, end=end, days=30, min_country_products=least
+            transactions, end=end, days=days, min_country_products=least
         ).collect()
     }
 
@@ -226,10 +226,9 @@ def test_popularity_counts_distinct_buyers_as_defined(spark: SparkSession) -> No
 
     recent = [r for r in lines if r.event_date >= start]
     every: dict[str, set[str]] = defaultdict(set)
-    now: dict[str, set[str]] = defaultdict(set)
     for r in lines:
         every[r.product_id].add(buyer(r))
-        now[r.product_id]  # every product bought before end is ranked
+    now: dict[str, set[str]] = {p: set() for p in every}  # every product bought before end
     for r in recent:
         now[r.product_id].add(buyer(r))
     expected = {
@@ -242,8 +241,8 @@ def test_popularity_counts_distinct_buyers_as_defined(spark: SparkSession) -> No
         for r in mine:
             theirs[r.product_id].add(buyer(r))
         if len(theirs) >= least:
-            rows_ = ranked(theirs, {}, len({buyer(r) for r in mine}))
-            expected |= {(country, i + 1): row for i, row in enumerate(rows_)}
+            national = ranked(theirs, {}, len({buyer(r) for r in mine}))
+            expected |= {(country, i + 1): row for i, row in enumerate(national)}
     assert len({c for c, _ in expected}) >= 3  # the global ranking and two countries at least
     assert got == expected
 
