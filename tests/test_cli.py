@@ -127,6 +127,7 @@ def test_generate_command(in_tmp: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("generated_code")
 def test_run_end_to_end_on_generated_data(
     in_tmp: Path, spark: SparkSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
