@@ -27,10 +27,10 @@ TEST_OVERRIDES = {
 # frames have tens of rows and most queries run once, so compiling each query's generated Java
 # (Janino) and then JIT-compiling the new classes costs more than running it: a quarter of the
 # test JVM's samples were in code generation. Four mid-size stage tests (features, clean,
-# successive halving, score) took 182 s and 195 s this way against 232 s and 236 s with generated
-# code, run alternately in one session. Results do not
-# depend on it (Spark tests both paths); the end-to-end run through the CLI runs the product's
-# default, generated code (the `generated_code` fixture).
+# successive halving, score) took 182 s and 195 s this way against 232 s and 236 s with
+# generated code, run alternately in one session. Results do not depend on it (Spark tests
+# both paths); the end-to-end run through the CLI runs the product's default, generated code
+# (the `generated_code` fixture).
 INTERPRETED = {
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
