@@ -35,8 +35,6 @@ INTERPRETED = {
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
 }
-# Spark's defaults for the same settings.
-GENERATED = {"spark.sql.codegen.wholeStage": "true", "spark.sql.codegen.factoryMode": "FALLBACK"}
 
 # For tests of parsing, whose tiny files are mostly bad rows on purpose: every data-quality gate
 # only warns (the gates have tests of their own).
@@ -63,8 +61,8 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
 @pytest.fixture
 def generated_code(spark: SparkSession) -> Iterator[None]:
     """The test session with Spark's generated code, as the product runs, for one test."""
-    for key, value in GENERATED.items():
-        spark.conf.set(key, value)
+    for key in INTERPRETED:
+        spark.conf.unset(key)  # back to Spark's default
     try:
         yield
     finally:
