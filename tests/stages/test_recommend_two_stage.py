@@ -343,3 +343,22 @@ def test_ranked_candidates_name_the_generator_that_ranked_them_highest(
         "p3": "als",
     }
     assert len(ranker.rank_candidates(model, frame, k=2).collect()) == 2
+
+
+def test_the_rankers_sample_keeps_about_the_limit_of_an_already_sampled_set(
+    spark: SparkSession,
+) -> None:
+    from retailml.ml.sample import customer_share
+    from retailml.stages.recommend.twostage import at_most
+
+    everyone = spark.range(20_000).selectExpr("concat('c', id) AS customer_id")
+    seed, limit = 42, 2_000
+    got, count = at_most(everyone, limit, seed)
+    assert count == limit and abs(got.count() - limit) < 0.1 * limit
+    # The tuning sample cuts the same hash: the ranker's cut must be relative to it, or it
+    # keeps limit / 0.4 customers (about 5,000 here).
+    tuned = everyone.where(customer_share(seed) < 0.4)
+    got, count = at_most(tuned, limit, seed, sampled=0.4)
+    assert count == limit and abs(got.count() - limit) < 0.1 * limit
+    small, count = at_most(tuned, 100_000, seed, sampled=0.4)
+    assert count == small.count() == tuned.count()

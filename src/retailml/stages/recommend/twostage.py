@@ -198,8 +198,11 @@ def train_two_stage(
         buys = _window_buyers(transactions, start=start, end=start + window)
         if data.sample < 1.0:
             buys = buys.where(customer_share(seed) < data.sample)
-        who, count = _at_most(
-            _with_history(buys, transactions, start), cfg.ranker_max_customers - learners, seed
+        who, count = at_most(
+            _with_history(buys, transactions, start),
+            cfg.ranker_max_customers - learners,
+            seed,
+            sampled=data.sample,
         )
         learners += count
         windows.append((at(start, who, half_life), buys))
@@ -287,13 +290,23 @@ def _counts(training: DataFrame) -> tuple[int, int]:
     return (int(row[0]), int(row[1] or 0)) if row else (0, 0)
 
 
-def _at_most(customers: DataFrame, limit: int, seed: int) -> tuple[DataFrame, int]:
+def at_most(
+    customers: DataFrame, limit: int, seed: int, *, sampled: float = 1.0
+) -> tuple[DataFrame, int]:
     """About ``limit`` of ``customers`` (a fixed hash sample), or all when there are fewer;
-    and how many that is."""
+    and how many that is.
+
+    Args:
+        customers: ``customer_id``, one row each.
+        sampled: The share the customers were already sampled at with the same hash
+            (``customer_share(seed) < sampled``, as the tuning sample is). Their hash values
+            then lie in ``[0, sampled)``, so the cut is scaled to it: cutting at ``limit /
+            count`` would keep ``limit / sampled`` of them.
+    """
     count = customers.count()
     if count <= limit:
         return customers, count
-    return customers.where(customer_share(seed) < limit / count), limit
+    return customers.where(customer_share(seed) < sampled * limit / count), limit
 
 
 def _fit(
