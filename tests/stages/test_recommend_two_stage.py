@@ -9,9 +9,11 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from retailml import schemas as S
+from retailml.ml.sample import customer_share
 from retailml.stages import recommend
 from retailml.stages.recommend import ranker
 from retailml.stages.recommend.generators import rank_column, score_column
+from retailml.stages.recommend.twostage import at_most
 
 END = date(2011, 4, 1)
 DAYS = "customer_id string, product_id string, event_date date"
@@ -348,9 +350,6 @@ def test_ranked_candidates_name_the_generator_that_ranked_them_highest(
 def test_the_rankers_sample_keeps_about_the_limit_of_an_already_sampled_set(
     spark: SparkSession,
 ) -> None:
-    from retailml.ml.sample import customer_share
-    from retailml.stages.recommend.twostage import at_most
-
     everyone = spark.range(20_000).selectExpr("concat('c', id) AS customer_id")
     seed, limit = 42, 2_000
     got, count = at_most(everyone, limit, seed)

@@ -301,7 +301,7 @@ def at_most(
         sampled: The share the customers were already sampled at with the same hash
             (``customer_share(seed) < sampled``, as the tuning sample is). Their hash values
             then lie in ``[0, sampled)``, so the cut is scaled to it: cutting at ``limit /
-            count`` would keep ``limit / sampled`` of them.
+            count`` would keep about ``limit / sampled`` of them (all, if fewer).
     """
     count = customers.count()
     if count <= limit:
