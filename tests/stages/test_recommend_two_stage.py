@@ -7,6 +7,7 @@ from datetime import date
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from retailml import schemas as S
 from retailml.ml.sample import customer_share
@@ -245,6 +246,11 @@ def test_candidate_features_worked_by_hand(spark: SparkSession) -> None:
     assert (p3.recent_share, p3.season_share, p3.popularity_rank) == (0.0, 1.0, 1_000_000.0)
     # c1's purchase days: four in "mugs", none elsewhere; p3 has no category.
     assert (p1.category_share, p3.category_share) == (1.0, 0.0)
+    # Discover's candidates, never bought, get the same features without the pairs' join.
+    unbought = candidates.where(F.col(S.PRODUCT_ID) == "p3")
+    assert ranker.candidate_features(unbought, facts, depth=20, never_bought=True).collect() == (
+        ranker.candidate_features(unbought, facts, depth=20).collect()
+    )
 
 
 def test_facts_days_keep_the_served_customers_lines_and_everyones_in_the_share_windows(

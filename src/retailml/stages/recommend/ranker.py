@@ -178,7 +178,9 @@ def cutoff_facts(
     )
 
 
-def candidate_features(candidates: DataFrame, facts: CutoffFacts, *, depth: int) -> DataFrame:
+def candidate_features(
+    candidates: DataFrame, facts: CutoffFacts, *, depth: int, never_bought: bool = False
+) -> DataFrame:
     """The ranker's features of each candidate.
 
     Args:
@@ -187,6 +189,9 @@ def candidate_features(candidates: DataFrame, facts: CutoffFacts, *, depth: int)
         facts: :func:`cutoff_facts` at the candidates' cutoff, for (at least) their customers.
         depth: Candidates per generator (the rank of a product a generator did not propose
             is ``depth + 1``).
+        never_bought: The customers bought none of the candidates before the cutoff
+            (discover's): their customer × product facts are those of a product never
+            bought, without the join that would find none (a shuffle of every candidate).
 
     Returns:
         ``customer_id, product_id``, the generators' ranks (as :func:`top_candidates` names
@@ -204,19 +209,22 @@ def candidate_features(candidates: DataFrame, facts: CutoffFacts, *, depth: int)
             relative_column(g),
             F.when(best > 0, F.col(score_column(g)) / best).otherwise(F.lit(0.0)),
         )
-    out = (
-        candidates.join(facts.pairs, [S.CUSTOMER_ID, S.PRODUCT_ID], "left")
-        .join(facts.customers, S.CUSTOMER_ID, "left")
-        .join(F.broadcast(facts.products), S.PRODUCT_ID, "left")
-        .join(F.broadcast(facts.categories), S.PRODUCT_ID, "left")
-        .join(facts.category_shares, [S.CUSTOMER_ID, S.CATEGORY], "left")
-    )
     never: dict[str, bool | float | int | str] = {
         PURCHASE_DAYS: 0,
         MEAN_GAP: 0.0,
         DAYS_SINCE: -1,
         DUE: 0.0,
     }
+    if never_bought:
+        out = candidates.withColumns({name: F.lit(value) for name, value in never.items()})
+    else:
+        out = candidates.join(facts.pairs, [S.CUSTOMER_ID, S.PRODUCT_ID], "left")
+    out = (
+        out.join(facts.customers, S.CUSTOMER_ID, "left")
+        .join(F.broadcast(facts.products), S.PRODUCT_ID, "left")
+        .join(F.broadcast(facts.categories), S.PRODUCT_ID, "left")
+        .join(facts.category_shares, [S.CUSTOMER_ID, S.CATEGORY], "left")
+    )
     fill = {**never, CUSTOMER_PRODUCTS: 0, CUSTOMER_RECENCY: -1, CUSTOMER_RECENT_DAYS: 0}
     fill |= {RECENT_SHARE: 0.0, SEASON_SHARE: 0.0, CATEGORY_SHARE: 0.0}
     # A product nobody bought before the cutoff ranks after every product in the ranking.
@@ -537,13 +545,15 @@ def candidates_at(
     # Computed now and kept without their lineage: the plans of everything read from them
     # (the rankers' training unions, the measured lists) stay small; with the lineage, the
     # plan string of one metrics pass ran a 1 GiB driver out of memory.
-    def features(frame: DataFrame) -> DataFrame:
-        return without_lineage(candidate_features(frame, facts, depth=depth))
+    def features(frame: DataFrame, *, never_bought: bool) -> DataFrame:
+        return without_lineage(
+            candidate_features(frame, facts, depth=depth, never_bought=never_bought)
+        )
 
     return Candidates(
         cutoff=end,
-        for_you=features(top_candidates(generated, depth=depth)),
-        discover=features(top_candidates(unbought, depth=depth, exclude=bought)),
+        for_you=features(top_candidates(generated, depth=depth), never_bought=False),
+        discover=features(top_candidates(unbought, depth=depth, exclude=bought), never_bought=True),
         generated=generated,
         bought=bought,
         popular=popular,

@@ -205,7 +205,10 @@ def train_two_stage(
             sampled=data.sample,
         )
         learners += count
-        windows.append((at(start, who, half_life), buys))
+        # The evaluation cutoff's purchase days hold every earlier cutoff's: no second pass
+        # over the transactions.
+        before = days.where(F.col(S.EVENT_DATE) < F.lit(start))
+        windows.append((at(start, who, half_life, days=before), buys))
     if not windows:
         raise RetailmlError(
             f"no purchases before {eval_cutoff - window}: the ranker has no window before the "
