@@ -353,6 +353,32 @@ def test_ranked_candidates_name_the_generator_that_ranked_them_highest(
     assert len(ranker.rank_candidates(model, frame, k=2).collect()) == 2
 
 
+def test_an_xgboost_rankers_score_is_its_transforms_probability(spark: SparkSession) -> None:
+    from pyspark.ml.functions import vector_to_array
+
+    # The label follows the first feature (leaves need weight 20: enough rows to split).
+    rows = [
+        (f"c{i % 7}", f"p{i}", *[((i * (j + 3)) % 11) / 10.0 for j in range(len(ranker.FEATURES))])
+        for i in range(600)
+    ]
+    schema = ", ".join(
+        [f"{S.CUSTOMER_ID} string", f"{S.PRODUCT_ID} string"]
+        + [f"{c} double" for c in ranker.FEATURES]
+        + [f"{ranker.LABEL} double"]
+    )
+    frame = spark.createDataFrame([(*r, float(r[2] > 0.5)) for r in rows], schema)
+    model = ranker.ranker_estimator(max_depth=2, trees=5, learning_rate=0.3, seed=1).fit(frame)
+    expected = {
+        (r.customer_id, r.product_id): r.p
+        for r in model.transform(frame)
+        .select(S.CUSTOMER_ID, S.PRODUCT_ID, vector_to_array("probability")[1].alias("p"))
+        .collect()
+    }
+    got = ranker.score_candidates(model, frame).collect()
+    assert {(r.customer_id, r.product_id): r.score for r in got} == expected
+    assert len(set(expected.values())) > 1  # the trees split: not one constant
+
+
 def test_the_rankers_sample_keeps_about_the_limit_of_an_already_sampled_set(
     spark: SparkSession,
 ) -> None:

@@ -18,15 +18,20 @@ products the customer never bought (the repeat generator proposes none of those)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
+import numpy as np
+import pandas as pd
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import SQLTransformer
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from scipy.special import expit
 
 from retailml import schemas as S
 from retailml.settings import RecommendSettings
@@ -54,6 +59,9 @@ from retailml.stages.recommend.generators import (
     score_column,
     top_candidates,
 )
+
+if TYPE_CHECKING:
+    from xgboost.spark import SparkXGBClassifierModel
 
 FOR_YOU, DISCOVER = S.FOR_YOU, S.DISCOVER
 LISTS = (FOR_YOU, DISCOVER)
@@ -368,15 +376,47 @@ def fallback_ranker() -> PipelineModel:
 
 def score_candidates(model: PipelineModel, features: DataFrame) -> DataFrame:
     """``features`` with the ranker's ``score``: its probability of a purchase, or the
-    :func:`fallback_ranker`'s score."""
-    scored = model.transform(features)
-    score = (
-        vector_to_array(F.col("probability"))[1]
-        if "probability" in scored.columns
-        else F.col(FALLBACK_SCORE)
-    )
+    :func:`fallback_ranker`'s score.
+
+    An xgboost ranker's probability is computed here from its booster, as its ``transform``
+    computes it (the margin of the float32 features, then ``scipy.special.expit``), and only
+    it: the ``transform`` also returns each row's raw prediction and both classes'
+    probabilities as Python arrays that Spark turns into vectors, and reading one number out of
+    them took scoring both lists' 5.6M candidates at M (two rounds, one session) from 41.6 and
+    37.1 s to 13.3 and 11.1 s, every probability the same.
+    """
+    from xgboost.spark import SparkXGBClassifierModel
+
+    stages = model.stages
+    if len(stages) == 1 and isinstance(stages[0], SparkXGBClassifierModel):
+        score = _probability(stages[0])
+    else:
+        features = model.transform(features)
+        score = (
+            vector_to_array(F.col("probability"))[1]
+            if "probability" in features.columns
+            else F.col(FALLBACK_SCORE)
+        )
     keep = [S.CUSTOMER_ID, S.PRODUCT_ID, *(rank_column(g) for g in GENERATORS)]
-    return scored.select(*keep, score.alias(S.SCORE_VALUE))
+    return features.select(*keep, score.alias(S.SCORE_VALUE))
+
+
+def _probability(stage: SparkXGBClassifierModel) -> Column:
+    """The xgboost classifier's probability of the positive class, as a column of its
+    features (a pandas UDF over Arrow batches)."""
+    booster = stage.get_booster()
+    columns = list(stage.getOrDefault("features_cols"))
+    missing = float(stage.getOrDefault("missing"))
+
+    @F.pandas_udf("double")  # type: ignore[call-overload]
+    def probability(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+        for batch in batches:
+            margins = booster.inplace_predict(
+                batch, predict_type="margin", missing=missing, validate_features=False
+            )
+            yield pd.Series(expit(margins).astype(np.float64))
+
+    return probability(F.struct(*(F.col(c).cast("float").alias(c) for c in columns)))
 
 
 def top_scored(scored: DataFrame, *, k: int) -> DataFrame:
