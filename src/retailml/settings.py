@@ -253,10 +253,11 @@ class RecommendSettings(_Section):
     )
     max_iter: int = Field(10, ge=1)
     tune_max_customers: int = Field(
-        150_000,
+        40_000,
         ge=1,
-        description="Above this many customers, the grid is tuned and evaluated on a fixed "
-        "sample of about this many; the final model is fitted on everyone.",
+        description="Above this many customers, the ALS grid is tuned and every model evaluated "
+        "on a fixed hash sample of about this many; the final model is fitted on everyone and "
+        "the lists cover everyone.",
     )
     parallelism: int = Field(
         2, ge=1, description="Grid points fitted and evaluated at once (threads, one session)."

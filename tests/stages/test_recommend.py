@@ -21,6 +21,7 @@ from retailml import schemas as S
 from retailml.errors import InputError, RetailmlError
 from retailml.lakehouse import Lakehouse
 from retailml.lookup import customer_card
+from retailml.ml import names as N
 from retailml.ml import registry, tracking
 from retailml.ml.sample import customer_share
 from retailml.settings import Settings
@@ -749,6 +750,11 @@ def test_run_tunes_on_a_sample_of_customers_above_the_setting(
     client = tracking.configure(settings)
     params = client.get_run(result.parent_run_id).data.params
     assert float(params["tuning_sample"]) == 0.5
+    # The gate compares figures measured on the same customers only.
+    version = client.get_model_version(
+        settings.recommend.model_name, result.decision.challenger_version
+    )
+    assert version.tags[N.EVAL_CUSTOMERS] == f"0.500000 seed {settings.seed}"
     share = {
         r.customer_id
         for r in lake.read("silver.customers").where(customer_share(settings.seed) < 0.5).collect()

@@ -31,6 +31,7 @@ EVAL_MODE = "eval_mode"
 EVAL_K = "eval_k"
 EVAL_LIST = "eval_list"  # the list the gate judged (for_you, discover)
 EVAL_KIND = "recommender_kind"  # RECOMMENDER_KIND below
+EVAL_CUSTOMERS = "eval_customers"  # "all", or the tuning sample's share and hash seed
 EVAL_NDCG = "eval_ndcg_at_k"  # on a model version
 
 # The report's run of a workflow run.
