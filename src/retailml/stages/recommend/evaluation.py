@@ -91,6 +91,7 @@ class EvaluationSet:
         repeat_share: Share of the window's customer × product purchases bought before.
         catalog_size: Products bought before the cutoff (for coverage).
         sample: Share of the customers tuned on (1.0: everyone).
+        seed: The seed of the sample's hash of the customer id.
     """
 
     cutoff: date
@@ -105,6 +106,13 @@ class EvaluationSet:
     repeat_share: float
     catalog_size: int
     sample: float
+    seed: int
+
+    @property
+    def measured_on(self) -> str:
+        """Which customers the figures are measured on: ``all``, or the sample's share and
+        seed (figures on different customers are different measurements)."""
+        return "all" if self.sample >= 1.0 else f"{self.sample:.6f} seed {self.seed}"
 
 
 def evaluation_set(
@@ -190,6 +198,7 @@ def evaluation_set(
         repeat_share=repeats / pairs if pairs else 0.0,
         catalog_size=max(bought_before.select(S.PRODUCT_ID).distinct().count(), 1),
         sample=sample,
+        seed=seed,
     )
 
 

@@ -271,7 +271,7 @@ def recommend(
             )
             tags[N.RUN_ID] = parent.info.run_id
             params = {**tuning.best.params, N.HALF_LIFE_PARAM: two.half_life}
-            decision = _register(client, info, metrics, params, data, cfg=cfg, seed=seed, tags=tags)
+            decision = _register(client, info, metrics, params, data, cfg=cfg, tags=tags)
             served, by_source = _serve(
                 lake, client, model, decision, inputs, two, cfg=cfg, keep=kept
             )
@@ -318,7 +318,6 @@ def _register(
     data: EvaluationSet,
     *,
     cfg: RecommendSettings,
-    seed: int,
     tags: dict[str, str],
 ) -> GateDecision:
     """Register the final model, judged on NDCG@k of the list ``exclude_purchased`` chooses
@@ -342,8 +341,7 @@ def _register(
             N.EVAL_K: str(cfg.k),
             N.EVAL_LIST: judged,
             N.EVAL_KIND: N.RECOMMENDER_KIND,
-            # A figure on another sample of customers is another measurement.
-            N.EVAL_CUSTOMERS: "all" if data.sample >= 1.0 else f"{data.sample:.6f} seed {seed}",
+            N.EVAL_CUSTOMERS: data.measured_on,
         },
         tags={**tags, **{f"{N.VERSION_PARAM_PREFIX}{n}": f"{v:g}" for n, v in params.items()}},
     )
