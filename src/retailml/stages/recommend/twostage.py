@@ -41,9 +41,7 @@ from retailml.stages.recommend.als import als_estimator, top_k
 from retailml.stages.recommend.data import (
     Indexers,
     interactions,
-    known_purchases,
     persist,
-    purchased,
     ratings,
     without_lineage,
 )
@@ -188,26 +186,29 @@ def train_two_stage(
     )
 
     # The rankers learn from the windows before the evaluation window.
-    earliest = known_purchases(transactions).agg(F.min(S.EVENT_DATE)).first()
+    earliest = days.agg(F.min(S.EVENT_DATE)).first()
     first = earliest[0] if earliest else None
     windows, learners = [], 0
     for n in range(1, cfg.ranker_windows + 1):
         start = eval_cutoff - n * window
         if first is None or first >= start or learners >= cfg.ranker_max_customers:
             break  # no history before this window (nor before any earlier one), or enough
-        buys = _window_buyers(transactions, start=start, end=start + window)
+        # The evaluation cutoff's purchase days hold every earlier cutoff's and the window's:
+        # no second pass over the transactions.
+        before = days.where(F.col(S.EVENT_DATE) < F.lit(start))
+        buys = _window_buyers(days, start=start, end=start + window)
         if data.sample < 1.0:
             buys = buys.where(customer_share(seed) < data.sample)
+        # Persisted: every generator, the facts and both lists' labels read them (unpersisted,
+        # each read computed them again from the purchase days).
+        buys = persist(buys, keep)
         who, count = at_most(
-            _with_history(buys, transactions, start),
+            persist(_with_history(buys, before), keep),
             cfg.ranker_max_customers - learners,
             seed,
             sampled=data.sample,
         )
         learners += count
-        # The evaluation cutoff's purchase days hold every earlier cutoff's: no second pass
-        # over the transactions.
-        before = days.where(F.col(S.EVENT_DATE) < F.lit(start))
         windows.append((at(start, who, half_life, days=before), buys))
     if not windows:
         raise RetailmlError(
@@ -271,15 +272,16 @@ def _union(frames: Iterable[DataFrame]) -> DataFrame:
     return functools.reduce(DataFrame.unionByName, frames)
 
 
-def _window_buyers(transactions: DataFrame, *, start: date, end: date) -> DataFrame:
-    """(customer_id, product_id) bought in ``[start, end)``."""
+def _window_buyers(days: DataFrame, *, start: date, end: date) -> DataFrame:
+    """(customer_id, product_id) bought in ``[start, end)`` (``days``: :func:`purchase_days`
+    before ``end`` or later)."""
     when = (F.col(S.EVENT_DATE) >= F.lit(start)) & (F.col(S.EVENT_DATE) < F.lit(end))
-    return purchased(transactions.where(when))
+    return days.where(when).select(S.CUSTOMER_ID, S.PRODUCT_ID).distinct()
 
 
-def _with_history(window_buys: DataFrame, transactions: DataFrame, cutoff: date) -> DataFrame:
-    """The customers of ``window_buys`` who bought something before ``cutoff``."""
-    before = purchased(transactions.where(F.col(S.EVENT_DATE) < F.lit(cutoff)))
+def _with_history(window_buys: DataFrame, before: DataFrame) -> DataFrame:
+    """The customers of ``window_buys`` who bought something before the window (``before``:
+    :func:`purchase_days` before its start)."""
     return (
         window_buys.select(S.CUSTOMER_ID)
         .distinct()
