@@ -172,11 +172,17 @@ def popularity(
     recent = bought.where(is_recent)
 
     total = recent.agg(F.countDistinct(buyer).alias("_total"))
+    # Each product's buyers once, with whether any of their purchases was recent, then
+    # counted: two distinct counts in one aggregation would copy every line once per count
+    # (an Expand) before shuffling them.
+    pairs = bought.groupBy(S.PRODUCT_ID, buyer.alias("_buyer")).agg(
+        F.max(is_recent).alias("_recent")
+    )
     global_rows = (
-        bought.groupBy(S.PRODUCT_ID)
+        pairs.groupBy(S.PRODUCT_ID)
         .agg(
-            F.countDistinct(F.when(is_recent, buyer)).alias(BUYERS),
-            F.countDistinct(buyer).alias(_TIE),
+            F.count_if(F.col("_recent")).alias(BUYERS),
+            F.count(F.lit(1)).alias(_TIE),
         )
         .crossJoin(total)
         .select(

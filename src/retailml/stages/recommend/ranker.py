@@ -217,12 +217,8 @@ def candidate_features(
             relative_column(g),
             F.when(best > 0, F.col(score_column(g)) / best).otherwise(F.lit(0.0)),
         )
-    never: dict[str, bool | float | int | str] = {
-        PURCHASE_DAYS: 0,
-        MEAN_GAP: 0.0,
-        DAYS_SINCE: -1,
-        DUE: 0.0,
-    }
+    never: dict[str, bool | float | int | str]
+    never = {PURCHASE_DAYS: 0, MEAN_GAP: 0.0, DAYS_SINCE: -1, DUE: 0.0}
     if never_bought:
         out = candidates.withColumns({name: F.lit(value) for name, value in never.items()})
     else:
@@ -514,6 +510,7 @@ def candidates_at(
     popular: DataFrame | None = None,
     days: DataFrame | None = None,
     neighbours: DataFrame | None = None,
+    materialize: bool = True,
 ) -> Candidates:
     """Every generator at the cutoff ``end`` for ``customers``, and both lists' candidates with
     the ranker's features (persisted into ``keep``).
@@ -529,6 +526,8 @@ def candidates_at(
         neighbours: :func:`item_neighbours` (``item, neighbour, similarity``) to use instead
             of those at ``end``: a served version's, computed at its first serve (see
             :func:`neighbours_at`); a product sold only since then has none.
+        materialize: Compute the features now, kept without their lineage, for callers that
+            read them many times (training, measuring); False: lazy, for one read (serving).
     """
     who = customers.select(S.CUSTOMER_ID)
     if days is None:
@@ -582,13 +581,12 @@ def candidates_at(
         keep=keep,
     )
 
-    # Computed now and kept without their lineage: the plans of everything read from them
-    # (the rankers' training unions, the measured lists) stay small; with the lineage, the
-    # plan string of one metrics pass ran a 1 GiB driver out of memory.
+    # Materialized, computed now and kept without their lineage: the plans of everything read
+    # from them (the rankers' training unions, the measured lists) stay small; with the
+    # lineage, the plan string of one metrics pass ran a 1 GiB driver out of memory.
     def features(frame: DataFrame, *, never_bought: bool) -> DataFrame:
-        return without_lineage(
-            candidate_features(frame, facts, depth=depth, never_bought=never_bought)
-        )
+        found = candidate_features(frame, facts, depth=depth, never_bought=never_bought)
+        return without_lineage(found) if materialize else found
 
     return Candidates(
         cutoff=end,

@@ -237,6 +237,7 @@ def serve(
         keep=keep,
         neighbours=neighbours,
         days=days,
+        materialize=False,
     )
     lists = []
     # The generators' popularity ranking and bought pairs (everything before as_of) serve the
