@@ -282,11 +282,9 @@ def _window_buyers(days: DataFrame, *, start: date, end: date) -> DataFrame:
 def _with_history(window_buys: DataFrame, before: DataFrame) -> DataFrame:
     """The customers of ``window_buys`` who bought something before the window (``before``:
     :func:`purchase_days` before its start)."""
-    return (
-        window_buys.select(S.CUSTOMER_ID)
-        .distinct()
-        .join(before.select(S.CUSTOMER_ID).distinct(), S.CUSTOMER_ID, "left_semi")
-    )
+    # A semi-join keeps each window buyer once however many rows they have before: no distinct
+    # of everyone's purchase days.
+    return window_buys.select(S.CUSTOMER_ID).distinct().join(before, S.CUSTOMER_ID, "left_semi")
 
 
 def _counts(training: DataFrame) -> tuple[int, int]:
