@@ -264,10 +264,7 @@ class RecommendSettings(_Section):
     )
     promotion_margin: float = Field(0.001, ge=0, description="NDCG@k gain to replace the champion.")
     candidates: int = Field(
-        10,
-        ge=1,
-        description="Candidates per generator and customer the ranker sees (10 ranked as well "
-        "as 20 and cut the task at M by a tenth; see the README).",
+        10, ge=1, description="Candidates per generator and customer the ranker sees."
     )
     repeat_half_lives: list[float] = Field(
         default_factory=lambda: [30.0, 90.0, 365.0],
