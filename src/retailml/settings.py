@@ -288,13 +288,14 @@ class RecommendSettings(_Section):
         ge=1,
         description="At most this many windows of eval_days before the evaluation window "
         "the rankers learn from: fewer when the history is shorter or when the newer ones "
-        "already hold ranker_max_customers customers.",
+        "already hold half of ranker_max_customers customers.",
     )
     ranker_max_customers: int = Field(
         20_000,
         ge=1,
         description="Customers the rankers learn from, over all their windows (a fixed "
-        "sample of the last window's above it); the evaluation and the lists cover everyone.",
+        "sample of the last window's above it; no further window once half are there); the "
+        "evaluation and the lists cover everyone.",
     )
     ranker_max_depth: int = Field(3, ge=1, description="Depth of the ranker's trees.")
     ranker_trees: int = Field(150, ge=1, description="Boosting rounds of the ranker.")

@@ -526,6 +526,7 @@ def test_run_writes_both_lists_per_customer_idempotently_and_registers(
     # The repeat generator proposes only what was bought: nothing in the new mode.
     assert first.metrics[("repeat", "new")].ndcg_at_k == 0.0
     two = first.two_stage
+    assert two.windows == 1 and two.learners > 0
     assert two.half_life in settings.recommend.repeat_half_lives
     assert set(two.half_lives) == set(settings.recommend.repeat_half_lives)
     assert 0 < two.positives["for_you"] < two.rows["for_you"]
@@ -760,6 +761,9 @@ def test_run_tunes_on_a_sample_of_customers_above_the_setting(
         for r in lake.read("silver.customers").where(customer_share(settings.seed) < 0.5).collect()
     }
     assert 0 < result.eval_customers <= len(share & {f"c{i:02d}" for i in range(12)}) < 12
+    # Far fewer learners than half of ranker_max_customers: every window the history allows.
+    assert result.two_stage.windows == 3
+    assert any("rankers trained on 3 window(s) before" in line for line in result.summary())
     got = by_customer(lake.read("gold.recommendations").where(f"list = '{S.FOR_YOU}'"))
     assert len(got) == lake.read("silver.customers").count()
     assert all(len(recs) == 3 for recs in got.values())

@@ -14,7 +14,7 @@ from retailml.ml.sample import customer_share
 from retailml.stages import recommend
 from retailml.stages.recommend import ranker
 from retailml.stages.recommend.generators import rank_column, score_column
-from retailml.stages.recommend.twostage import at_most
+from retailml.stages.recommend.twostage import at_most, enough_learners
 
 END = date(2011, 4, 1)
 DAYS = "customer_id string, product_id string, event_date date"
@@ -393,3 +393,13 @@ def test_the_rankers_sample_keeps_about_the_limit_of_an_already_sampled_set(
     assert count == limit and abs(got.count() - limit) < 0.1 * limit
     small, count = at_most(tuned, 100_000, seed, sampled=0.4)
     assert count == small.count() == tuned.count()
+
+
+def test_a_window_is_added_only_while_fewer_than_half_the_learners_are_there() -> None:
+    # M: the last window brings 18,276 of the tuning sample's customers; a second one cost as
+    # much as the first to add 1,724 more.
+    assert enough_learners(18_276, 20_000)
+    assert enough_learners(10_000, 20_000)
+    # A small shop's month: the next window adds a month's worth, as many again.
+    assert not enough_learners(9_999, 20_000)
+    assert not enough_learners(0, 20_000)

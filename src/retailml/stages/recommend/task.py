@@ -144,7 +144,8 @@ class RecommendResult:
             f"ALS: best of {len(self.grid)} grid points: {params} (NDCG@{k} {self.tuned_mode} "
             f"{tuned:.4f})",
             f"repeat half-life: {two.half_life:g} days (NDCG@{k} all: {half_lives})",
-            f"rankers trained on the window before: {rankers}",
+            f"rankers trained on {two.windows} window(s) before, {two.learners:,} customers: "
+            f"{rankers}",
             f"version {d.challenger_version} (judged on {self.judged}), {verdict}: {d.reason}",
             f"gold.recommendations as of {self.as_of}: {self.rows_written:,} rows for "
             f"{self.customers:,} customers ({by_source}) from version {self.model_version}",
@@ -403,6 +404,8 @@ def _final_model(
             **{f"repeat_half_life_{h:g}_ndcg_at_k": v for h, v in two.half_lives.items()},
             **{f"{name}_candidate_recall": v for name, v in two.candidate_recall.items()},
             **{f"{name}_training_rows": v for name, v in two.rows.items()},
+            "ranker_windows": two.windows,
+            "ranker_customers": two.learners,
             N.REPEAT_SHARE: data.repeat_share,
             N.TUNED_NDCG: metrics[(judged_list(tuned_mode), tuned_mode)].ndcg_at_k,
             "tune_seconds": tuning.seconds,

@@ -11,11 +11,13 @@ Windows (``W = eval_days``; ``E`` the evaluation cutoff, ``as_of`` the day after
 The generators are computed at each training window's start for the customers who bought in
 it (and before it), and at ``E`` for the evaluated customers; ALS is refitted at each
 window's start with the tuned grid point (at ``E`` the tuning's own model serves). Windows are
-added, up to ``ranker_windows``, until the rankers have ``ranker_max_customers`` customers to
-learn from (a fixed hash sample of the last window's when it has more): one month of a small
-shop is a small sample — on the default data the xgboost seed alone moved one window's NDCG@5
-by ±0.005 — while at M one month has 40,000 customers and each window costs a cutoff's
-generators and features (about 100 s there).
+added, up to ``ranker_windows``, while the rankers have fewer than half of
+``ranker_max_customers`` customers to learn from, and at most that many are kept (a fixed hash
+sample of the last window's when it has more): one month of a small shop is a small sample —
+on the default data the xgboost seed alone moved one window's NDCG@5 by ±0.005 — while each
+window costs a cutoff's generators, ALS refit and features whatever its customers (about 70 s
+at M). At M one month brings 18,276 of the tuning sample's customers: topping them up to
+20,000 took a second window, 70 s for 1,724 customers.
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ class TwoStage:
         metrics: ``(model, mode) → metrics`` of ``repeat``, ``item_knn``, ``for_you``,
             ``discover`` on the evaluation window.
         rankers: The rankers, by list (measured on the evaluation window; they serve).
+        windows: Training windows the rankers learned from.
+        learners: Customers in them (a customer of two windows counts twice).
         positives: Labelled purchases among the training candidates, by list.
         rows: Training rows, by list.
         candidate_recall: Share of the window's purchases among the evaluation candidates
@@ -109,6 +113,8 @@ class TwoStage:
     half_lives: dict[float, float]
     metrics: dict[tuple[str, str], RankingMetrics]
     rankers: dict[str, PipelineModel]
+    windows: int
+    learners: int
     positives: dict[str, int]
     rows: dict[str, int]
     candidate_recall: dict[str, float]
@@ -191,7 +197,7 @@ def train_two_stage(
     windows, learners = [], 0
     for n in range(1, cfg.ranker_windows + 1):
         start = eval_cutoff - n * window
-        if first is None or first >= start or learners >= cfg.ranker_max_customers:
+        if first is None or first >= start or enough_learners(learners, cfg.ranker_max_customers):
             break  # no history before this window (nor before any earlier one), or enough
         # The evaluation cutoff's purchase days hold every earlier cutoff's and the window's:
         # no second pass over the transactions.
@@ -250,6 +256,8 @@ def train_two_stage(
         },
         metrics=metrics,
         rankers=rankers,
+        windows=len(windows),
+        learners=learners,
         positives=positives,
         rows=rows,
         candidate_recall=recall,
@@ -270,6 +278,14 @@ def _recall(wanted: DataFrame, candidates: DataFrame) -> float:
 
 def _union(frames: Iterable[DataFrame]) -> DataFrame:
     return functools.reduce(DataFrame.unionByName, frames)
+
+
+def enough_learners(learners: int, limit: int) -> bool:
+    """Whether the rankers have enough customers to learn from without another window: at
+    least half of ``limit`` (``recommend.ranker_max_customers``). Below that, a window adds at
+    least half of ``limit`` when it has that many customers, which is worth its fixed cost;
+    above it, the few it could add are not (see the module's docstring)."""
+    return learners >= limit / 2
 
 
 def _window_buyers(days: DataFrame, *, start: date, end: date) -> DataFrame:
