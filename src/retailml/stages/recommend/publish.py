@@ -103,6 +103,7 @@ def write_lists(
     cfg: RecommendSettings,
     keep: list[DataFrame],
     carried: Carried | None = None,
+    days: DataFrame | None = None,
 ) -> dict[tuple[str, str], int]:
     """Serve both lists with ``serving`` at the as-of date — to every customer, or with
     ``carried`` to its ``fresh`` customers, the others keeping its rows — and replace the
@@ -113,14 +114,17 @@ def write_lists(
     settings then) and stores them in ``gold.similar_products``, and every later serve of that
     version reads them back — like its ALS factors, they are part of the model until a
     retrained version replaces it. A version whose first serve found no co-purchases stores
-    none and computes them again at its next serve."""
+    none and computes them again at its next serve. ``days``: every customer's
+    :func:`~retailml.stages.recommend.generators.purchase_days` before the as-of date, when the
+    caller has them (else they are read from the transactions)."""
     as_of = inputs.as_of
     customers = inputs.customers
     if carried is not None:
         customers = customers.join(carried.fresh, S.CUSTOMER_ID, "left_semi")
-    neighbours, days = similar_products(lake, version, keep=keep), None
+    neighbours = similar_products(lake, version, keep=keep)
     if neighbours is None:
-        days = persist(purchase_days(inputs.transactions, end=as_of), keep)
+        if days is None:
+            days = persist(purchase_days(inputs.transactions, end=as_of), keep)
         neighbours = neighbours_at(days, end=as_of, cfg=cfg, keep=keep)
         stored = similar_rows(neighbours, version=version, as_of=as_of)
         lake.replace_where("gold.similar_products", stored, _of_run(version))

@@ -39,6 +39,7 @@ from retailml.ml.registry import GateDecision
 from retailml.settings import RecommendSettings, Settings
 from retailml.stages.recommend.als import als_blocks, als_estimator
 from retailml.stages.recommend.data import (
+    persist,
     popularity,
     purchased,
     ratings,
@@ -51,6 +52,7 @@ from retailml.stages.recommend.evaluation import (
     evaluation_set,
     tune,
 )
+from retailml.stages.recommend.generators import purchase_days
 from retailml.stages.recommend.publish import (
     Inputs,
     ServedResult,
@@ -234,6 +236,9 @@ def recommend(
     logging.getLogger("XGBoost-PySpark").setLevel(logging.WARNING)
     kept: list[DataFrame] = []
     try:
+        # Every purchase day before as_of, once: the evaluation cutoff's are a filter of them,
+        # and serving reads them all.
+        days = persist(purchase_days(inputs.transactions, end=inputs.as_of), kept)
         data = evaluation_set(
             inputs.transactions,
             inputs.customers,
@@ -265,6 +270,7 @@ def recommend(
                 blocks=blocks,
                 categories=inputs.categories,
                 keep=kept,
+                later_days=days,
             )
             metrics = tuning.metrics | two.metrics
             model, info = _final_model(
@@ -274,7 +280,7 @@ def recommend(
             params = {**tuning.best.params, N.HALF_LIFE_PARAM: two.half_life}
             decision = _register(client, info, metrics, params, data, cfg=cfg, tags=tags)
             served, by_source = _serve(
-                lake, client, model, decision, inputs, two, cfg=cfg, keep=kept
+                lake, client, model, decision, inputs, two, cfg=cfg, keep=kept, days=days
             )
             customers = inputs.customers.count()
             _log_outcome(decision, served, by_source, started=started, customers=customers)
@@ -434,6 +440,7 @@ def _serve(
     *,
     cfg: RecommendSettings,
     keep: list[DataFrame],
+    days: DataFrame,
 ) -> tuple[str, dict[tuple[str, str], int]]:
     """Write the as-of date's rows from whichever version is the champion now (the new model
     when promoted, else the champion loaded through its alias, with the half-life it was tuned
@@ -450,7 +457,7 @@ def _serve(
         serving, tuned = champion_model(cfg, served)
         half_life = tuned or two.half_life
     started = time.monotonic()
-    by_source = write_lists(lake, serving, served, half_life, inputs, cfg=cfg, keep=keep)
+    by_source = write_lists(lake, serving, served, half_life, inputs, cfg=cfg, keep=keep, days=days)
     mlflow.log_metric("write_seconds", time.monotonic() - started)
     return str(served.version), by_source
 
