@@ -102,6 +102,64 @@ def test_item_neighbours_are_cosine_of_buyers_top_n_from_recent_products(
     }
 
 
+@pytest.mark.parametrize("weighting", ["bm25", "cosine"])
+@pytest.mark.parametrize("flush_at", [1, 10**9])
+def test_co_purchase_sums_are_the_weighted_product_of_the_baskets(
+    weighting: str, flush_at: int
+) -> None:
+    """The workers' sums against the docstring's weights on a dense matrix: two Arrow batches
+    of one partition, some products asked for, handed on after every batch or once."""
+    import numpy as np
+    import pyarrow as pa
+
+    from retailml.stages.recommend.generators import _co_purchases
+
+    rng = np.random.default_rng(7)
+    ids = [f"p{i}" for i in range(6)]
+    baskets = [sorted(rng.choice(6, size=rng.integers(1, 5), replace=False)) for _ in range(9)]
+    days = [rng.integers(1, 4, size=len(b)).astype(float) for b in baskets]
+    x = np.zeros((len(baskets), len(ids)))
+    for c, (basket, n) in enumerate(zip(baskets, days, strict=True)):
+        x[c, basket] = n
+    buyers, lengths = (x > 0).sum(axis=0), x.sum(axis=0)
+    if weighting == "bm25":
+        norm = 1 - 0.75 + 0.75 * lengths / lengths.mean()
+        idf = np.maximum(np.log(len(ids)) - np.log1p((x > 0).sum(axis=1)), 0)[:, None]
+        w = np.where(x > 0, x * 2.2 / (1.2 * norm + x) * idf, 0.0)
+    else:
+        w = np.where(x > 0, 1 / np.sqrt(buyers), 0.0)
+    expected = w.T @ w
+    wanted = np.array([1, 3, 4], dtype=np.int32)
+
+    sums = _co_purchases(
+        ids,
+        buyers=buyers.astype(float),
+        lengths=lengths,
+        weighting=weighting,
+        wanted=wanted,
+        flush_at=flush_at,
+    )
+    batches = [
+        pa.RecordBatch.from_pydict(
+            {
+                "_p": [[ids[i] for i in b] for b in baskets[part]],
+                "_x": [list(n) for n in days[part]],
+            }
+        )
+        for part in (slice(0, 4), slice(4, None))
+    ]
+    got: dict[tuple[int, int], float] = {}
+    for out in sums(iter(batches)):
+        for i, j, s in zip(*(out.column(n).to_pylist() for n in ("_i", "_j", "_s")), strict=True):
+            got[(i, j)] = got.get((i, j), 0.0) + s
+    assert got == {
+        (i, j): pytest.approx(expected[i, j])
+        for i in wanted
+        for j in range(len(ids))
+        if i != j and expected[i, j] > 0
+    }
+
+
 def test_item_knn_keeps_each_customers_best_and_best_unbought(spark: SparkSession) -> None:
     from retailml.stages.recommend.generators import top_candidates
 
