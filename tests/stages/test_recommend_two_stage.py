@@ -92,6 +92,20 @@ def test_item_neighbours_are_cosine_of_buyers_top_n_from_recent_products(
         ("p4", "p5"): pytest.approx(1.0),
         ("p5", "p4"): pytest.approx(1.0),
     }
+    # Asked for some products: theirs, as among everyone's (the counts still from everyone).
+    asked = spark.createDataFrame([("p1",), ("p3",), ("p1",)], "product_id string")
+    some = recommend.item_neighbours(
+        days,
+        end=END,
+        lookback_days=365,
+        neighbours=1,
+        recent_products=2,
+        weighting="cosine",
+        items=asked,
+    )
+    assert as_dict(some, "item", "neighbour", value="similarity") == {
+        key: value for key, value in got.items() if key[0] in ("p1", "p3")
+    }
 
     weights = spark.createDataFrame([("x", "p1", 2.0), ("x", "p3", 1.0)], SCORES)
     scores = as_dict(recommend.item_knn(weights, top, depth=10), S.PRODUCT_ID, value="score")

@@ -176,23 +176,27 @@ def item_neighbours(
     baskets = baskets.select(F.col("_in._p").alias("_p"), F.col("_in._x").alias("_x"))
     if keep is not None:
         baskets = persist(baskets, keep)
-    # One row per product, numbered in id order (so that ties between neighbours' codes
-    # break by product id): small enough for the driver and every task.
-    products = (
+    # One row per product in the baskets (the catalogue, at most: it does not grow with the
+    # customers or the lines), with whether its neighbours are asked for, in one action;
+    # numbered in id order, so that ties between neighbours' codes break by product id.
+    per_product = (
         baskets.select(F.explode(F.arrays_zip("_p", "_x")).alias("_e"))
         .groupBy(F.col("_e._p").alias(S.PRODUCT_ID))
         .agg(F.count(F.lit(1)).alias("_buyers"), F.sum("_e._x").alias("_len"))
-        .orderBy(S.PRODUCT_ID)
-        .collect()
     )
+    if items is None:
+        per_product = per_product.withColumn("_asked", F.lit(True))
+    else:
+        asked = items.select(S.PRODUCT_ID).distinct().withColumn("_asked", F.lit(True))
+        per_product = per_product.join(F.broadcast(asked), S.PRODUCT_ID, "left")
+    products = per_product.orderBy(S.PRODUCT_ID).collect()
     found = "item string, neighbour string, similarity double, rank int"
     if not products:
         return spark.createDataFrame([], found)
     ids = [row[S.PRODUCT_ID] for row in products]
     wanted = None
     if items is not None:
-        asked = {row[0] for row in items.distinct().collect()}
-        wanted = np.flatnonzero([i in asked for i in ids]).astype(np.int32)
+        wanted = np.flatnonzero([bool(row["_asked"]) for row in products]).astype(np.int32)
     co_purchases = _co_purchases(
         ids,
         buyers=np.array([row["_buyers"] for row in products], dtype=np.float64),

@@ -48,7 +48,7 @@ from retailml.stages.recommend.data import (
     without_lineage,
 )
 from retailml.stages.recommend.evaluation import MODE_COLUMN, EvaluationSet, metrics_of
-from retailml.stages.recommend.generators import ITEM_KNN, REPEAT, purchase_days, repeat
+from retailml.stages.recommend.generators import ITEM_KNN, REPEAT, repeat
 from retailml.stages.recommend.ranker import (
     DISCOVER,
     FOR_YOU,
@@ -132,7 +132,7 @@ def train_two_stage(
     blocks: int,
     categories: DataFrame,
     keep: list[DataFrame],
-    later_days: DataFrame | None = None,
+    later_days: DataFrame,
 ) -> TwoStage:
     """Tune the repeat half-life, fit both rankers on the window before the evaluation window,
     and measure every generator and both rankers on the evaluation window.
@@ -146,9 +146,9 @@ def train_two_stage(
             this model's).
         categories: ``product_id, category``.
         keep: Persisted frames are added to it; the caller unpersists them.
-        later_days: :func:`purchase_days` before a later cutoff (as_of), when the caller has
-            them: the evaluation cutoff's are a filter of them, not a pass over the
-            transactions.
+        later_days: :func:`purchase_days` before the evaluation cutoff or later (as_of, which
+            serving reads too): the evaluation cutoff's are a filter of them, not another pass
+            over the transactions.
     """
     started = time.monotonic()
     k, eval_cutoff, prior = cfg.k, data.cutoff, data.prior
@@ -181,10 +181,7 @@ def train_two_stage(
     # The half-life, on the evaluation window and all products (cheap: no model). Without
     # what was bought, the repeat list is empty whatever the half-life: its new-products
     # figures are measured once, with the rankers'.
-    if later_days is None:
-        days = persist(purchase_days(transactions, end=eval_cutoff), keep)
-    else:
-        days = persist(later_days.where(F.col(S.EVENT_DATE) < F.lit(eval_cutoff)), keep)
+    days = persist(later_days.where(F.col(S.EVENT_DATE) < F.lit(eval_cutoff)), keep)
     mine = persist(
         days.join(data.customers.select(S.CUSTOMER_ID), S.CUSTOMER_ID, "left_semi"), keep
     )
